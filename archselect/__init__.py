@@ -1,0 +1,5 @@
+"""archselect: a declarative AutoML architecture selector for PyTorch."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

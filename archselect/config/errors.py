@@ -1,0 +1,58 @@
+"""The errors archselect shows to users: one line each, never a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+
+class ArchselectError(Exception):
+    """A failure the user can act on; the CLI prints its message as one line."""
+
+
+class ConfigError(ArchselectError):
+    """A bad configuration value, named by its full key.
+
+    The message reads: ``key: what is wrong; given X; expected one of: A, B (did you mean 'A'?);
+    fix: ...``.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        problem: str,
+        *,
+        given: Any = None,
+        allowed: Iterable[Any] | str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.key = key
+        self.problem = problem
+        self.given = given
+        parts = [f"{key}: {problem}"]
+        if given is not None and repr(given) not in problem:
+            parts.append(f"given {given!r}")
+        if allowed is not None:
+            if isinstance(allowed, str):
+                parts.append(f"expected {allowed}")
+            else:
+                names = sorted(str(a) for a in allowed)
+                text = f"expected one of: {', '.join(names)}" if names else "nothing is allowed"
+                hint = suggest(given, names) if isinstance(given, str) else None
+                if hint:
+                    text += f" (did you mean {hint!r}?)"
+                parts.append(text)
+        if fix:
+            parts.append(f"fix: {fix}")
+        super().__init__("; ".join(parts))
+
+
+class DataError(ArchselectError):
+    """Data that cannot be used as given (missing file, missing column, one class, ...)."""
+
+
+def suggest(given: str, names: Iterable[str]) -> str | None:
+    """Return the closest known name to ``given``, if one is close enough."""
+    matches = difflib.get_close_matches(given, list(names), n=1, cutoff=0.6)
+    return matches[0] if matches else None

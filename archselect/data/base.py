@@ -1,0 +1,106 @@
+"""What every data source hands on: a DataSpec, splits, hashing and profile helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from archselect.config.errors import ConfigError, DataError
+from archselect.registry import Registry
+
+
+@dataclass
+class DataSpec:
+    """What builders and task families need to know about the data, plus its profile.
+
+    Attributes:
+        kind: the input kind (``"text"``).
+        num_classes: number of target classes (classification).
+        class_names: the label of each class index.
+        vocab_size: size of the trained tokenizer's vocabulary (text).
+        pad_id: padding token id (text).
+        max_len: tokens kept per text (text).
+        data_hash: hash of the rows, the split and the preprocessing options.
+        profile: the data profile (sizes, balance, lengths, vocabulary, ...).
+    """
+
+    kind: str
+    num_classes: int = 0
+    class_names: list[str] = field(default_factory=list)
+    vocab_size: int = 0
+    pad_id: int = 0
+    max_len: int = 0
+    data_hash: str = ""
+    profile: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a plain dict (for ``save_hyperparameters`` and reports)."""
+        return asdict(self)
+
+
+data_sources: Registry[Any] = Registry("data source", "data.source")
+
+
+def stable_hash(*parts: Any) -> str:
+    """Return a short sha256 of JSON-serialisable parts (or bytes)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, bytes):
+            h.update(part)
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def stratified_split(
+    labels: np.ndarray, *, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Split row indices into stratified, seeded train / val / test index arrays.
+
+    Raises:
+        ConfigError: if the fractions leave no room for training.
+        DataError: if a class is too small to appear in every split.
+    """
+    from sklearn.model_selection import train_test_split
+
+    for key, frac in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
+        if not 0.0 < frac < 1.0:
+            raise ConfigError(key, "must be between 0 and 1 (exclusive)", given=frac, fix="e.g. 0.15")
+    if val_fraction + test_fraction >= 0.9:
+        raise ConfigError(
+            "data.val_fraction",
+            "val_fraction + test_fraction leaves under 10% of rows to train on",
+            given=val_fraction + test_fraction,
+            fix="keep the two fractions under 0.9 together",
+        )
+    counts = np.bincount(labels)
+    smallest = int(counts[counts > 0].min())
+    if smallest < 3:
+        raise DataError(
+            f"data: a class has only {smallest} row(s); a stratified train/val/test split needs at "
+            "least 3 per class; fix: add rows for that class or drop it"
+        )
+    idx = np.arange(len(labels))
+    train_val, test = train_test_split(
+        idx, test_size=test_fraction, stratify=labels, random_state=seed
+    )
+    rel_val = val_fraction / (1.0 - test_fraction)
+    train, val = train_test_split(
+        train_val, test_size=rel_val, stratify=labels[train_val], random_state=seed + 1
+    )
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def class_balance(labels: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Counts per class and the smallest/largest ratio."""
+    counts = np.bincount(labels, minlength=len(names))
+    return {
+        "counts": {n: int(c) for n, c in zip(names, counts, strict=True)},
+        "imbalance_ratio": round(float(counts.max() / max(counts.min(), 1)), 2),
+        "majority_class": names[int(counts.argmax())],
+        "majority_share": round(float(counts.max() / counts.sum()), 4),
+    }

@@ -1,0 +1,80 @@
+"""The hardware profile: CPU cores, memory, GPUs and what precision they support."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from archselect.config.errors import ConfigError
+
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+
+
+@dataclass
+class HardwareProfile:
+    """What the machine offers to training."""
+
+    cpu_cores: int
+    torch_threads: int
+    memory_gb: float
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    accelerator: str = "cpu"
+    precision: str = "32-true"
+
+    @property
+    def has_gpu(self) -> bool:
+        return self.accelerator == "gpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def profile_hardware(trainer_cfg: dict[str, Any]) -> HardwareProfile:
+    """Read the machine and resolve ``trainer.accelerator`` and ``trainer.precision``.
+
+    Raises:
+        ConfigError: for an unknown accelerator or precision, or a GPU asked for where none exists.
+    """
+    import psutil
+    import torch
+
+    accel = str(trainer_cfg["accelerator"])
+    precision = str(trainer_cfg["precision"])
+    if accel not in ACCELERATORS:
+        raise ConfigError("trainer.accelerator", "unknown accelerator", given=accel,
+                          allowed=ACCELERATORS)
+    if precision not in PRECISIONS:
+        raise ConfigError("trainer.precision", "unknown precision", given=precision,
+                          allowed=PRECISIONS)
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            gpus.append({
+                "name": props.name,
+                "memory_gb": round(props.total_memory / 2**30, 1),
+                "bf16": bool(props.major >= 8),
+            })
+    if accel in ("gpu", "cuda") and not gpus:
+        raise ConfigError("trainer.accelerator", "a GPU was asked for but none is visible",
+                          given=accel, fix="use trainer.accelerator=auto or cpu")
+    use_gpu = bool(gpus) and accel != "cpu"
+    if precision == "auto":
+        if not use_gpu:
+            precision = "32-true"
+        else:
+            precision = "bf16-mixed" if all(g["bf16"] for g in gpus) else "16-mixed"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return HardwareProfile(
+        cpu_cores=cores,
+        torch_threads=torch.get_num_threads(),
+        memory_gb=round(psutil.virtual_memory().total / 2**30, 1),
+        gpus=gpus,
+        accelerator="gpu" if use_gpu else "cpu",
+        precision=precision,
+    )

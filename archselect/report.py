@@ -1,0 +1,136 @@
+"""What the user reads: the selection report, the leaderboard, test metrics, summary files."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from archselect.data.base import DataSpec
+from archselect.hardware import HardwareProfile
+from archselect.search.study import StudyOutcome, TrialRecord
+from archselect.selector import Selection
+
+
+def selection_dict(spec: DataSpec, hw: HardwareProfile, selection: Selection,
+                   study_name: str) -> dict[str, Any]:
+    """The selection report as JSON-ready data."""
+    return {"study": study_name, "data_profile": spec.profile, "hardware": hw.to_dict(),
+            "selection": selection.to_dict()}
+
+
+def selection_markdown(report: dict[str, Any]) -> str:
+    """The selection report as markdown (an MLflow artifact)."""
+    prof, hw, sel = report["data_profile"], report["hardware"], report["selection"]
+    lines = [f"# Selection report: {sel['task']} ({sel['family']})", "",
+             f"Study: `{report['study']}`", "", "## Data profile", ""]
+    lines += [f"- {k}: {json.dumps(v) if isinstance(v, dict) else v}" for k, v in prof.items()]
+    lines += ["", "## Hardware profile", ""]
+    lines += [f"- {k}: {json.dumps(v) if isinstance(v, list) else v}" for k, v in hw.items()]
+    lines += ["", "## Candidates (simple -> recommended)", ""]
+    for i, c in enumerate(sel["candidates"], 1):
+        lines.append(f"{i}. **{c['name']}** (max {c['max_epochs']} epochs): " + "; ".join(c["reasons"]))
+        for k, v in c["space"].items():
+            lines.append(f"   - `{k}`: {v} (baseline {({**c['model'], **c['optim']})[k]})")
+    if sel["dropped"]:
+        lines += ["", "## Dropped", ""]
+        lines += [f"- {k}: {v}" for k, v in sel["dropped"].items()]
+    if sel["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in sel["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def print_selection(console: Console, report: dict[str, Any]) -> None:
+    """Print the data profile, the hardware profile and the candidates with their reasons."""
+    prof, hw, sel = report["data_profile"], report["hardware"], report["selection"]
+    console.rule(f"[bold]archselect[/] {sel['task']} · study {report['study']}")
+    data = Table(title="Data profile", show_header=False, title_justify="left")
+    bal = prof["balance"]
+    data.add_row("source", str(prof["source"]))
+    data.add_row("samples", f"{prof['samples']} (train {prof['splits']['train']}, val "
+                 f"{prof['splits']['val']}, test {prof['splits']['test']}); dropped "
+                 f"{prof['dropped_rows']} empty rows")
+    data.add_row("classes", f"{prof['classes']}: " + ", ".join(
+        f"{k} {v}" for k, v in bal["counts"].items()) + f" (imbalance {bal['imbalance_ratio']}x)")
+    w = prof["words_per_text"]
+    data.add_row("words per text", f"p50 {w['p50']}, p90 {w['p90']}, p95 {w['p95']}, p99 "
+                 f"{w['p99']}, max {w['max']}")
+    data.add_row("vocabulary", f"{prof['vocabulary_words']} distinct words in train")
+    console.print(data)
+    gpus = ", ".join(f"{g['name']} {g['memory_gb']} GB{' bf16' if g['bf16'] else ''}"
+                     for g in hw["gpus"]) or "none"
+    hwt = Table(title="Hardware profile", show_header=False, title_justify="left")
+    hwt.add_row("CPU", f"{hw['cpu_cores']} cores, torch threads {hw['torch_threads']}, "
+                f"{hw['memory_gb']} GB RAM")
+    hwt.add_row("GPUs", gpus)
+    hwt.add_row("training on", f"{hw['accelerator']}, precision {hw['precision']}")
+    console.print(hwt)
+    cand = Table(title="Candidates (simple -> recommended)", title_justify="left")
+    for col in ("#", "architecture", "why", "search space"):
+        cand.add_column(col)
+    for i, c in enumerate(sel["candidates"], 1):
+        space = "\n".join(f"{k}: {v}" for k, v in c["space"].items()) or "fixed"
+        cand.add_row(str(i), c["name"], "\n".join(c["reasons"]), space)
+    for name, why in sel["dropped"].items():
+        cand.add_row("-", f"[dim]{name}[/]", f"[dim]dropped: {why}[/]", "")
+    console.print(cand)
+    for note in sel["notes"]:
+        console.print(f"[dim]- {note}[/]")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def leaderboard(outcome: StudyOutcome, monitor: str) -> list[dict[str, Any]]:
+    """Trials ranked by their monitored value (completed first), as plain rows."""
+    reverse = outcome.direction == "maximize"
+    done = sorted((r for r in outcome.records if r.value is not None),
+                  key=lambda r: float(r.value), reverse=reverse)  # type: ignore[arg-type]
+    rest = sorted((r for r in outcome.records if r.value is None), key=lambda r: r.number)
+    rows = []
+    for rank, r in enumerate([*done, *rest], 1):
+        rows.append({
+            "rank": rank if r.value is not None else "",
+            "trial": r.number, "arch": r.arch + (" (baseline)" if r.baseline else ""),
+            "params": ", ".join(f"{k}={_fmt(v)}" for k, v in r.params.items()),
+            monitor: None if r.value is None else round(float(r.value), 4),
+            "state": r.state, "epochs": r.epochs, "seconds": round(r.duration_s, 1),
+            "n_params": r.n_params, "reason": r.reason or "",
+        })
+    return rows
+
+
+def print_leaderboard(console: Console, rows: list[dict[str, Any]], monitor: str) -> None:
+    table = Table(title="Leaderboard", title_justify="left")
+    for col in ("rank", "trial", "architecture", "key hyperparameters", monitor, "state",
+                "epochs", "time"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        state = r["state"] + (f" ({r['reason'][:60]})" if r["reason"] else "")
+        table.add_row(str(r["rank"]), str(r["trial"]), r["arch"], r["params"],
+                      "" if r[monitor] is None else f"{r[monitor]:.4f}", state, str(r["epochs"]),
+                      f"{r['seconds']:.0f}s")
+    console.print(table)
+
+
+def print_test(console: Console, best: TrialRecord, test: dict[str, float],
+               baseline: dict[str, float]) -> None:
+    table = Table(title=f"Test split: best trial {best.number} ({best.arch}) vs majority class",
+                  title_justify="left")
+    table.add_column("metric")
+    table.add_column("best model")
+    table.add_column("majority class")
+    for k, v in test.items():
+        table.add_row(k, f"{v:.4f}", f"{baseline.get(k, float('nan')):.4f}")
+    console.print(table)
+
+
+def leaderboard_csv(rows: list[dict[str, Any]]) -> str:
+    import pandas as pd
+
+    return str(pd.DataFrame(rows).to_csv(index=False))

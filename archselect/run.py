@@ -1,0 +1,297 @@
+"""``run(cfg)``: one study end to end. The only module that knows the whole flow.
+
+compose config -> validate -> load + profile data -> profile hardware -> select -> search -> finish.
+Nothing is written to the stores until the config, the data and the selection have been checked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from rich.console import Console
+
+from archselect.config.errors import ArchselectError
+from archselect.config.validate import validate
+from archselect.data.base import DataSpec
+from archselect.hardware import HardwareProfile, profile_hardware
+from archselect.selector import Selection, select, table_row
+from archselect.tracking import mask_secrets
+
+
+@dataclass
+class RunResult:
+    """What ``run`` returns (tests and callers read it)."""
+
+    study_name: str
+    selection: Selection
+    spec: DataSpec
+    hardware: HardwareProfile
+    dry_run: bool = False
+    outcome: Any = None
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
+    parent_run_id: str | None = None
+    model_uri: str | None = None
+    model_version: int | None = None
+
+
+def _quiet_libraries() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*ExperimentalWarning.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from optuna.exceptions import ExperimentalWarning
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+
+
+def study_name_for(cfg: Any) -> str:
+    """``search.study_name``, or ``<task>-<data>``; a multirun job adds its own overrides."""
+    if cfg.search.study_name:
+        return str(cfg.search.study_name)
+    name = f"{cfg.task.name}-{cfg.data.name}"
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            name += f"[{hc.job.override_dirname or hc.job.num}]"
+    except ValueError:  # not under @hydra.main (tests, the Python API)
+        pass
+    return name
+
+
+def run(cfg: Any, console: Console | None = None) -> RunResult:
+    """Run one study end to end and return what it found.
+
+    Raises:
+        ArchselectError: for anything the user can fix (bad config, bad data, ...).
+    """
+    console = console or Console()
+    _quiet_libraries()
+    row = table_row(cfg)
+    validate(cfg)
+
+    from archselect.data import data_sources, datamodules
+    from archselect.tasks import families
+
+    family_cls = families.get(row["family"])
+    kind = data_sources.meta(str(cfg.data.source))["kind"]
+    runs_dir = Path(str(cfg.runs_dir)).expanduser()
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    dm = datamodules.get(kind)(data_cfg, seed=int(cfg.seed), cache_dir=runs_dir / "cache")
+    with console.status("Loading and profiling the data..."):
+        spec = dm.prepare()
+    hw = profile_hardware(OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
+    selection = select(cfg, spec, hw)
+    study_name = study_name_for(cfg)
+
+    from archselect import report
+
+    sel_report = report.selection_dict(spec, hw, selection, study_name)
+    report.print_selection(console, sel_report)
+    result = RunResult(study_name=study_name, selection=selection, spec=spec, hardware=hw)
+    if bool(cfg.dry_run):
+        console.print("[bold]dry_run=true[/]: nothing trained, nothing written to the stores.")
+        result.dry_run = True
+        return result
+
+    from archselect.search.study import Objective, open_study, run_search
+    from archselect.tracking import Tracker
+
+    study = open_study(cfg, study_name, selection, spec)
+    tracker = Tracker(str(cfg.tracking.uri), str(cfg.tracking.experiment),
+                      str(cfg.tracking.artifact_location))
+    parent = tracker.start_study(study_name, {
+        "archselect.task": selection.task, "archselect.data": str(cfg.data.name),
+        "archselect.data_hash": spec.data_hash,
+        "mlflow.note.content": f"archselect study {study_name}: {selection.task} on "
+        f"{cfg.data.name}, candidates {', '.join(c.name for c in selection.candidates)}",
+    })
+    result.parent_run_id = parent
+    status = "FAILED"
+    try:
+        resolved = mask_secrets(OmegaConf.to_yaml(cfg, resolve=True))
+        tracker.log_text(resolved, "config/resolved.yaml")
+        tracker.log_text(report.selection_markdown(sel_report), "selection/report.md")
+        tracker.log_text(json.dumps(sel_report, indent=2, default=str), "selection/report.json")
+        tracker.log_params(parent, {"seed": cfg.seed, "task": selection.task,
+                                    "data": cfg.data.name, "data_hash": spec.data_hash,
+                                    "storage": cfg.search.storage, "study": study_name})
+        objective = Objective(cfg, study_name, selection, dm, spec, hw, tracker, family_cls)
+        console.rule(f"Search: up to {cfg.search.n_trials} trials, timeout {cfg.search.timeout}s")
+        outcome = run_search(cfg, study, objective, on_trial=_trial_line(console, cfg))
+        result.outcome = outcome
+        monitor = str(cfg.task.monitor)
+        rows = report.leaderboard(outcome, monitor)
+        report.print_leaderboard(console, rows, monitor)
+        tracker.log_text(report.leaderboard_csv(rows), "leaderboard/leaderboard.csv")
+        _log_optuna_plots(tracker, study)
+        best = outcome.best
+        if best is None:
+            raise ArchselectError(
+                f"search: no trial of study {study_name!r} completed "
+                f"({sum(r.state == 'FAIL' for r in outcome.records)} failed, "
+                f"{sum(r.state == 'PRUNED' for r in outcome.records)} pruned); the reasons are in "
+                "the leaderboard above; fix: check the data and budgets (search.max_epochs)"
+            )
+        _finish(cfg, result, best, dm, hw, tracker, console, family_cls)
+        status = "FINISHED"
+    finally:
+        tracker.end_study(status)
+    console.print(
+        f"[bold green]Done[/] in {outcome.elapsed_s:.0f}s (stopped by {outcome.stopped_by}). "
+        f"Best: trial {best.number} {best.arch}, test accuracy "
+        f"{result.test_metrics['accuracy']:.4f}. Model registered as "
+        f"[bold]{cfg.tracking.model_name}[/] version {result.model_version}. Dashboard: "
+        f"mlflow ui --backend-store-uri {mask_secrets(str(cfg.tracking.uri))} "
+        f"(then open the experiment {cfg.tracking.experiment})"
+    )
+    return result
+
+
+def _trial_line(console: Console, cfg: Any) -> Any:
+    monitor = str(cfg.task.monitor)
+
+    def on_trial(study: Any, trial: Any) -> None:
+        value = f"{monitor}={trial.value:.4f}" if trial.value is not None else ""
+        reason = trial.user_attrs.get("fail_reason", "")
+        console.print(f"trial {trial.number:>3} {trial.params.get('arch', '?'):<18} "
+                      f"{trial.state.name:<8} {value} {reason}".rstrip())
+
+    return on_trial
+
+
+def _log_optuna_plots(tracker: Any, study: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    plots = {"optuna/history.png": ovm.plot_optimization_history}
+    for name, fn in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = fn(study)
+            fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+            fig.set_size_inches(8, 5)
+            fig.tight_layout()
+            tracker.log_figure(fig, name)
+            plt.close(fig)
+        except (ValueError, RuntimeError) as exc:  # too few trials for this plot
+            tracker.log_text(f"not drawn: {exc}\n", name.replace(".png", ".txt"))
+
+
+def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile,
+            tracker: Any, console: Console, family_cls: Any) -> None:
+    """Test the best trial's checkpoint, log and register it as a pyfunc model."""
+    import lightning.pytorch as pl
+    import torch
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+    )
+
+    from archselect import report
+    from archselect.architectures import architectures
+    from archselect.architectures.text import resolve_pretrained
+    from archselect.serving import TextClassifierModel, pip_requirements
+
+    if not best.checkpoint or not Path(best.checkpoint).is_file():
+        raise ArchselectError(
+            f"finish: the checkpoint of best trial {best.number} is missing ({best.checkpoint}); "
+            "fix: keep runs_dir/checkpoints, or start a new study (search.study_name=...)"
+        )
+    module = family_cls.load_from_checkpoint(best.checkpoint, map_location="cpu")
+    hp = module.hparams
+    pretrained = architectures.meta(hp["arch"])["input"] == "pretrained"
+    tokenizer = resolve_pretrained(str(hp["arch_kwargs"]["model"])) if pretrained else None
+    enc = dm.encode(tokenizer)
+    dm.use(enc, batch_size=128)
+    trainer = pl.Trainer(accelerator=hw.accelerator, devices=1, precision=hw.precision,
+                         logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        preds = torch.cat(trainer.predict(module, dataloaders=dm.test_dataloader()))  # type: ignore[arg-type]
+    y = enc.labels["test"]
+    k = module.spec.num_classes
+    majority = int(torch.bincount(enc.labels["train"]).argmax())
+    base = torch.full_like(y, majority)
+
+    def metrics(p: torch.Tensor) -> dict[str, float]:
+        return {"accuracy": float(multiclass_accuracy(p, y, k, average="micro")),
+                "macro_f1": float(multiclass_f1_score(p, y, k, average="macro"))}
+
+    result.test_metrics = metrics(preds)
+    result.baseline_metrics = metrics(base)
+    report.print_test(console, best, result.test_metrics, result.baseline_metrics)
+    tracker.log_metrics(tracker.parent_id, {
+        **{f"test_{k_}": v for k_, v in result.test_metrics.items()},
+        **{f"majority_test_{k_}": v for k_, v in result.baseline_metrics.items()},
+        f"best_{cfg.task.monitor}": float(best.value), "best_trial": best.number,
+    })
+    tracker.set_tags(tracker.parent_id, {"archselect.best_arch": best.arch,
+                                         "archselect.best_trial": best.number})
+    _log_confusion(tracker, multiclass_confusion_matrix(preds, y, k), module.spec.class_names)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = Path(tmp) / "meta.json"
+        meta.write_text(json.dumps({
+            "tokenizer_kind": "pretrained" if pretrained else "wordpiece",
+            "max_len": enc.max_len, "pad_id": enc.pad_id,
+            "class_names": module.spec.class_names, "arch": hp["arch"],
+        }))
+        examples = dm.texts["test"][:3]
+        import pandas as pd
+        from mlflow.models import infer_signature
+
+        example_df = pd.DataFrame({"text": examples})
+        labels = [module.spec.class_names[int(i)] for i in preds[:3]]
+        signature = infer_signature(example_df, pd.DataFrame({"label": labels,
+                                                              "probability": [1.0] * len(labels)}))
+        with console.status("Logging and registering the best model..."):
+            result.model_uri, result.model_version = tracker.log_model(
+                TextClassifierModel(),
+                artifacts={"checkpoint": best.checkpoint, "tokenizer": enc.tokenizer_path,
+                           "meta": str(meta)},
+                signature=signature, input_example=example_df,
+                code_paths=[str(Path(__file__).parent)],
+                pip_requirements=pip_requirements(),
+                register_as=str(cfg.tracking.model_name) if cfg.tracking.register else None,
+            )
+
+
+def _log_confusion(tracker: Any, matrix: Any, names: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 3, 1.2 * len(names) + 2.5))
+    m = matrix.numpy()
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, str(int(m[i, j])), ha="center", va="center",
+                    color="white" if m[i, j] > m.max() / 2 else "black")
+    ax.set_title("Confusion matrix (test split, best model)")
+    fig.tight_layout()
+    tracker.log_figure(fig, "plots/confusion_matrix.png")
+    plt.close(fig)
+

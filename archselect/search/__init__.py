@@ -1,0 +1,1 @@
+"""Optuna search: spaces from YAML, the objective, the study (storage, sampler, pruner, resume)."""

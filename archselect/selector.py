@@ -1,0 +1,204 @@
+"""Table + data profile + hardware profile -> Selection: candidates, reasons, search spaces."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from archselect.architectures import architectures, check_hparams
+from archselect.config.errors import ConfigError
+from archselect.data.base import DataSpec
+from archselect.hardware import HardwareProfile
+from archselect.search.space import Param, parse_param
+
+ARCH_KEYS = {"description", "input", "model", "optim", "space"}
+OPTIM_KEYS = ("lr", "weight_decay", "batch_size")
+
+
+@dataclass
+class Candidate:
+    """One architecture to try, with its defaults (the baseline trial) and its search space."""
+
+    name: str
+    description: str
+    input: str
+    model: dict[str, Any]
+    optim: dict[str, Any]
+    space: dict[str, Param]
+    max_epochs: int
+    reasons: list[str] = field(default_factory=list)
+    tokenizer: str | None = None
+
+    def defaults(self) -> dict[str, Any]:
+        """Values of the searched parameters in the baseline trial."""
+        merged = {**self.model, **self.optim}
+        return {k: merged[k] for k in self.space}
+
+    def split(self, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Apply suggested values; return (builder kwargs, optimiser settings)."""
+        model = {**self.model, **{k: v for k, v in values.items() if k in self.model}}
+        optim = {**self.optim, **{k: v for k, v in values.items() if k in self.optim}}
+        return model, optim
+
+
+@dataclass
+class Selection:
+    """What the selector decided, and why."""
+
+    task: str
+    family: str
+    candidates: list[Candidate]
+    dropped: dict[str, str]
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for c, cand in zip(out["candidates"], self.candidates, strict=True):
+            c["space"] = {k: p.describe() for k, p in cand.space.items()}
+        return out
+
+
+def table_row(cfg: Any) -> dict[str, Any]:
+    """The table row for ``task.name``; a clear error when it is not declared or not built."""
+    table = cfg.selector.table
+    task = str(cfg.task.name)
+    if task not in table:
+        raise ConfigError("task", f"task {task!r} is not in the table", allowed=list(table))
+    row = table[task]
+    if not row.available:
+        ready = [k for k, v in table.items() if v.available]
+        raise ConfigError(
+            "task", f"task {task!r} is declared in the table but not available yet",
+            allowed=ready, fix="choose an available task",
+        )
+    return {"family": str(row.family), "candidates": list(row.candidates)}
+
+
+def _arch_config(cfg: Any, name: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    if name not in cfg.arch:
+        raise ConfigError(f"arch.{name}", "the table names an architecture with no config file",
+                          given=name, allowed=list(cfg.arch), fix=f"add conf/arch/{name}.yaml")
+    node = OmegaConf.to_container(cfg.arch[name], resolve=True)
+    assert isinstance(node, dict)
+    for key in node:
+        if key not in ARCH_KEYS:
+            raise ConfigError(f"arch.{name}.{key}", "unknown key", given=key, allowed=ARCH_KEYS)
+    return node
+
+
+def _candidate(cfg: Any, name: str, max_epochs: int) -> Candidate:
+    node = _arch_config(cfg, name)
+    key = f"arch.{name}"
+    model, optim = dict(node.get("model") or {}), dict(node.get("optim") or {})
+    check_hparams(name, model, f"{key}.model")
+    for k in optim:
+        if k not in OPTIM_KEYS:
+            raise ConfigError(f"{key}.optim.{k}", "unknown optimiser setting", given=k,
+                              allowed=OPTIM_KEYS)
+    for k in OPTIM_KEYS:
+        if k not in optim:
+            raise ConfigError(f"{key}.optim", f"missing {k}", fix=f"add {key}.optim.{k}")
+    if not (isinstance(optim["lr"], int | float) and optim["lr"] > 0):
+        raise ConfigError(f"{key}.optim.lr", "must be a positive number", given=optim["lr"])
+    if not (isinstance(optim["batch_size"], int) and optim["batch_size"] > 0):
+        raise ConfigError(f"{key}.optim.batch_size", "must be a positive integer",
+                          given=optim["batch_size"])
+    space: dict[str, Param] = {}
+    for pname, spec in (node.get("space") or {}).items():
+        if pname not in model and pname not in optim:
+            raise ConfigError(f"{key}.space.{pname}", "searches a parameter that is not in "
+                              "model or optim", given=pname, allowed=[*model, *optim])
+        param = parse_param(pname, spec, f"{key}.space.{pname}")
+        default = {**model, **optim}[pname]
+        if not param.contains(default):
+            raise ConfigError(f"{key}.space.{pname}", f"range {param.describe()} does not contain "
+                              "the default", given=default, fix="widen the range or change the default")
+        space[pname] = param
+    expected_input = architectures.meta(name).get("input")
+    if node.get("input") != expected_input:
+        raise ConfigError(f"{key}.input", "does not match the builder", given=node.get("input"),
+                          allowed=[expected_input])
+    return Candidate(name=name, description=str(node.get("description", "")),
+                     input=str(node["input"]), model=model, optim=optim, space=space,
+                     max_epochs=max_epochs)
+
+
+def _reason(c: Candidate, first: bool, spec: DataSpec, hw: HardwareProfile) -> str:
+    prof = spec.profile
+    words = prof.get("words_per_text", {})
+    n_train = prof.get("splits", {}).get("train", 0)
+    if first:
+        return (f"baseline (start simple): {c.description}; trains in seconds and sets the bar "
+                "the others must clear")
+    if c.name == "lstm":
+        return (f"reads word order; texts are short (median {words.get('p50')} words, p95 "
+                f"{words.get('p95')}), well within a recurrent pass")
+    if c.name == "transformer":
+        return (f"self-attention sees the whole text at once; {n_train} training texts are "
+                "enough to train a small encoder from scratch")
+    if c.name == "pretrained":
+        return ("transfers language knowledge learned on large corpora, the recommended choice "
+                f"for {n_train} labelled texts")
+    return c.description
+
+
+def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
+    """Choose the candidates for this task, data and machine, with a reason for each decision.
+
+    Raises:
+        ConfigError: for an unavailable task, an unknown candidate, a bad range or model.
+    """
+    row = table_row(cfg)
+    names: list[str] = list(row["candidates"])
+    notes: list[str] = []
+    dropped: dict[str, str] = {}
+    asked = cfg.selector.candidates
+    if asked is not None:
+        asked = [str(a) for a in asked]
+        if not asked:
+            raise ConfigError("selector.candidates", "is empty", given=[], allowed=names,
+                              fix="name at least one, or set it to null")
+        for a in asked:
+            if a not in names:
+                raise ConfigError("selector.candidates", f"unknown architecture {a!r} for "
+                                  f"{cfg.task.name}", given=a, allowed=names)
+        notes.append(f"selector.candidates restricts the table to {', '.join(asked)} (in that order)")
+        names = asked
+
+    rules = cfg.selector.rules
+    n_train = int(spec.profile.get("splits", {}).get("train", 0))
+    small = rules.small_data
+    if n_train < int(small.min_train_samples):
+        for name in small.drop:
+            if name in names and asked is None and len(names) > 1:
+                names.remove(name)
+                dropped[name] = (f"only {n_train} training samples (< {small.min_train_samples}): "
+                                 "too few to train it from scratch")
+    max_epochs = int(cfg.search.max_epochs)
+    candidates = []
+    for i, name in enumerate(names):
+        cand = _candidate(cfg, name, max_epochs)
+        cand.reasons.append(_reason(cand, i == 0, spec, hw))
+        if not hw.has_gpu:
+            fixed = dict(rules.no_gpu.fixed.get(name, {}) or {})
+            for k, v in fixed.items():
+                cand.model[k] = v
+                cand.space.pop(k, None)
+                cand.reasons.append(f"no GPU: {k} fixed at {v} to fit the CPU budget")
+            cap = rules.no_gpu.max_epochs.get(name)
+            if cap is not None and int(cap) < cand.max_epochs:
+                cand.max_epochs = int(cap)
+                cand.reasons.append(f"no GPU: at most {cap} epochs")
+        if cand.input == "pretrained":
+            from archselect.architectures.text import resolve_pretrained
+
+            cand.tokenizer = resolve_pretrained(str(cand.model["model"]))
+        candidates.append(cand)
+    if hw.has_gpu:
+        notes.append(f"{len(hw.gpus)} GPU(s), precision {hw.precision}")
+    else:
+        notes.append(f"CPU only ({hw.cpu_cores} cores), precision {hw.precision}")
+    return Selection(task=str(cfg.task.name), family=row["family"], candidates=candidates,
+                     dropped=dropped, notes=notes)

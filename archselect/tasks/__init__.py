@@ -1,0 +1,13 @@
+"""Task families: the LightningModule (loss, metrics, steps) for each family of the table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from archselect.registry import Registry
+
+families: Registry[Any] = Registry("task family", "selector.table.<task>.family")
+
+from archselect.tasks import classification as _classification  # noqa: E402, F401
+
+__all__ = ["families"]

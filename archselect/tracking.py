@@ -1,0 +1,210 @@
+"""MLflow: an experiment per task, a parent run per study, a child run per trial, the model."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from archselect.config.errors import ArchselectError, ConfigError
+
+STATE_TAG = "archselect.state"
+STUDY_TAG = "archselect.study"
+TRIAL_TAG = "archselect.trial"
+REASON_TAG = "archselect.fail_reason"
+
+_SECRET = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@\s]+)@")
+
+
+def mask_secrets(text: str) -> str:
+    """Hide the password of any ``scheme://user:password@host`` URL in ``text``."""
+    return _SECRET.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+def _quiet() -> None:
+    for name in ("mlflow", "alembic", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Tracker:
+    """Writes one study to MLflow.
+
+    Args:
+        uri: the tracking URI (``sqlite:///runs/mlflow.db``, ``http://host:5000``, ...).
+        experiment: experiment name (one per task).
+        artifact_location: folder for the experiment's artifacts (used when it is created).
+    """
+
+    def __init__(self, uri: str, experiment: str, artifact_location: str) -> None:
+        _quiet()
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True,
+                                                                           exist_ok=True)
+        self.uri = uri
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(tracking_uri=uri)
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+        except Exception as exc:
+            raise ConfigError("tracking.uri", f"cannot reach the tracking store "
+                              f"({type(exc).__name__})", given=mask_secrets(uri),
+                              fix="check the URI and that the server is running") from None
+        if exp is None:
+            location = Path(artifact_location).expanduser().resolve()
+            location.mkdir(parents=True, exist_ok=True)
+            self.experiment_id = self.client.create_experiment(experiment,
+                                                               artifact_location=location.as_uri())
+        else:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+        self.experiment = experiment
+        self.parent_id: str | None = None
+
+    # -- parent ---------------------------------------------------------------------------
+    def start_study(self, study_name: str, tags: dict[str, str]) -> str:
+        """Open the study's parent run, reusing it when the study is resumed."""
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{study_name}' "
+            "and tags.`archselect.role` = 'study'", max_results=1,
+        )
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=study_name,
+                tags={STUDY_TAG: study_name, "archselect.role": "study", **tags},
+            )
+            run_id = run.info.run_id
+        self.parent_id = run_id
+        return run_id
+
+    def end_study(self, status: str = "FINISHED") -> None:
+        if self.parent_id:
+            self.client.set_terminated(self.parent_id, status=status)
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(run_id).data.params
+        fresh = [Param(k, mask_secrets(str(v))[:6000]) for k, v in params.items()
+                 if k not in existing]
+        for i in range(0, len(fresh), 100):
+            self.client.log_batch(run_id, params=fresh[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if v is not None and math.isfinite(float(v))]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, mask_secrets(str(v)))
+
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None:
+        assert self.parent_id
+        self.client.log_artifact(self.parent_id, str(path), artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        assert self.parent_id
+        self.client.log_text(self.parent_id, mask_secrets(text), name)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        assert self.parent_id
+        self.client.log_figure(self.parent_id, figure, name)
+
+    # -- children -------------------------------------------------------------------------
+    def start_trial(self, study_name: str, number: int, arch: str,
+                    params: dict[str, Any]) -> str:
+        """Open the child run of one trial under the parent."""
+        assert self.parent_id
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{number} {arch}",
+            tags={"mlflow.parentRunId": self.parent_id, STUDY_TAG: study_name,
+                  TRIAL_TAG: str(number), "archselect.arch": arch, STATE_TAG: "RUNNING",
+                  "archselect.role": "trial"},
+        )
+        self.log_params(run.info.run_id, {"arch": arch, **params})
+        return str(run.info.run_id)
+
+    def end_trial(self, run_id: str, state: str, *, reason: str | None = None,
+                  metrics: dict[str, float] | None = None) -> None:
+        """Close a child run. PRUNED ends FINISHED (it is not a failure), with its state tag."""
+        if metrics:
+            self.log_metrics(run_id, metrics)
+        tags: dict[str, Any] = {STATE_TAG: state}
+        if reason:
+            tags[REASON_TAG] = reason[:4000]
+        self.set_tags(run_id, tags)
+        status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}.get(state,
+                                                                                   "KILLED")
+        self.client.set_terminated(run_id, status=status)
+
+    def epoch_logger(self, run_id: str) -> EpochLogger:
+        return EpochLogger(self, run_id)
+
+    # -- model ----------------------------------------------------------------------------
+    def log_model(self, python_model: Any, *, artifacts: dict[str, str], signature: Any,
+                  input_example: Any, code_paths: list[str], pip_requirements: list[str],
+                  register_as: str | None) -> tuple[str, int | None]:
+        """Log the best model as a pyfunc under the parent run and register it.
+
+        Returns:
+            (model URI, registered version or None).
+        """
+        import mlflow
+
+        assert self.parent_id
+        try:
+            with mlflow.start_run(run_id=self.parent_id):
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=python_model, artifacts=artifacts,
+                    signature=signature, input_example=input_example, code_paths=code_paths,
+                    pip_requirements=pip_requirements,
+                )
+                version = None
+                if register_as:
+                    mv = mlflow.register_model(info.model_uri, register_as)
+                    version = int(mv.version)
+                    self.client.set_model_version_tag(register_as, mv.version, "archselect.run",
+                                                      self.parent_id)
+        except OSError as exc:
+            raise ArchselectError(f"tracking: cannot write the model ({exc})") from None
+        self.client.update_run(self.parent_id, status="RUNNING")
+        return str(info.model_uri), version
+
+
+class EpochLogger(pl.Callback):
+    """Logs each epoch's val metrics (after validation) and train metrics and learning rate
+    (at the end of the training epoch) to a trial's child run, with the epoch as step."""
+
+    def __init__(self, tracker: Tracker, run_id: str) -> None:
+        self.tracker = tracker
+        self.run_id = run_id
+
+    def _log(self, trainer: pl.Trainer, prefix: str) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith(prefix) and v.numel() == 1}
+        if prefix == "train" and trainer.optimizers:
+            metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        self.tracker.log_metrics(self.run_id, metrics, step=trainer.current_epoch)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._log(trainer, "val")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, "train")
