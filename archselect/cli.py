@@ -121,7 +121,25 @@ def precheck(argv: list[str]) -> str | None:
     except Exception as exc:
         if _full_error():
             raise
-        return describe_compose_error(exc, overrides)
+        return _unavailable_task(overrides) or describe_compose_error(exc, overrides)
+    return None
+
+
+def _unavailable_task(overrides: list[str]) -> str | None:
+    """If the chosen task is not built yet, that is the error to show first."""
+    from hydra import compose, initialize_config_module
+
+    from archselect.selector import table_row
+
+    tasks = [o for o in overrides if o.startswith("task=")]
+    try:
+        with initialize_config_module("archselect.conf", version_base="1.3"):
+            cfg = compose("config", overrides=tasks[-1:])
+        table_row(cfg)
+    except ConfigError as exc:
+        return str(exc)
+    except Exception:
+        return None
     return None
 
 

@@ -50,7 +50,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             raise ConfigError(
-                self.key, f"unknown {self.kind} {name!r}", allowed=self.names()
+                self.key, f"unknown {self.kind} {name!r}", given=name, allowed=self.names()
             ) from None
 
     def meta(self, name: str) -> dict[str, Any]:

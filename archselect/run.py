@@ -217,7 +217,7 @@ def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile
     module = family_cls.load_from_checkpoint(best.checkpoint, map_location="cpu")
     hp = module.hparams
     pretrained = architectures.meta(hp["arch"])["input"] == "pretrained"
-    tokenizer = resolve_pretrained(str(hp["arch_kwargs"]["model"])) if pretrained else None
+    tokenizer = resolve_pretrained(str(hp["arch_kwargs"]["encoder"])) if pretrained else None
     enc = dm.encode(tokenizer)
     dm.use(enc, batch_size=128)
     trainer = pl.Trainer(accelerator=hw.accelerator, devices=1, precision=hw.precision,

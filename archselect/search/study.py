@@ -14,6 +14,7 @@ import optuna
 from archselect.config.errors import ArchselectError, ConfigError
 from archselect.data.base import DataSpec
 from archselect.hardware import HardwareProfile
+from archselect.search.progress import StudyProgressBar
 from archselect.search.space import suggest
 from archselect.selector import Candidate, Selection
 from archselect.tracking import Tracker, mask_secrets
@@ -154,6 +155,8 @@ class Objective:
         self.tracker = tracker
         self.family_cls = family_cls
         self.ckpt_root = Path(str(cfg.runs_dir)) / "checkpoints" / _safe(study_name)
+        self.done = 0
+        self.deadline: float | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         import lightning.pytorch as pl
@@ -198,6 +201,9 @@ class Objective:
                 self.tracker.epoch_logger(run_id),
                 PyTorchLightningPruningCallback(trial, monitor=monitor),
             ]
+            if bool(self.cfg.trainer.progress_bar):
+                callbacks.append(StudyProgressBar(self.done, int(self.cfg.search.n_trials),
+                                                  self.deadline))
             n_batches = max(len(encoded.ids["train"]) // int(optim["batch_size"]), 1)
             limit = self.cfg.trainer.limit_train_batches
             trainer = pl.Trainer(
@@ -288,10 +294,12 @@ def run_search(cfg: Any, study: optuna.Study, objective: Objective,
 
     def count(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         finished.append(trial.number)
+        objective.done = len(finished)
         if on_trial is not None:
             on_trial(study, trial)
 
     start = time.monotonic()
+    objective.deadline = None if timeout is None else start + float(timeout)
     study.optimize(objective, n_trials=n_trials,
                    timeout=None if timeout is None else float(timeout),
                    catch=(TrialFailed,), callbacks=[count], gc_after_trial=True)

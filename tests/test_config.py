@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from archselect.cli import precheck
+from archselect.config.errors import ConfigError
+from archselect.run import run
+from archselect.selector import table_row
+
+CONF = Path(__file__).resolve().parents[1] / "archselect" / "conf"
+TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
+DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
+
+
+def test_conf_link_points_at_the_packaged_conf() -> None:
+    top = Path(__file__).resolve().parents[1] / "conf"
+    assert top.resolve() == CONF
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_composes_and_is_in_the_table(make_cfg, task: str) -> None:
+    cfg = make_cfg(f"task={task}", cheap=task == "text_classification")
+    assert cfg.task.name == task
+    assert task in cfg.selector.table
+
+
+@pytest.mark.parametrize("data", DATA)
+def test_every_data_choice_composes(make_cfg, data: str) -> None:
+    cfg = make_cfg(f"data={data}", "data.path=x.csv" if data != "rotten_tomatoes" else "seed=1")
+    assert cfg.data.source
+    OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_table_declares_all_rows_of_the_design(make_cfg) -> None:
+    table = make_cfg().selector.table
+    expected = {"image_classification", "text_classification", "time_series_forecasting",
+                "time_series_classification", "object_detection", "machine_translation",
+                "image_generation", "audio_classification", "tabular_classification",
+                "tabular_regression"}
+    assert set(table) == expected
+    assert set(TASKS) == expected
+    for name, row in table.items():
+        assert row.candidates, name
+
+
+def test_available_rows_have_arch_configs_and_builders(make_cfg) -> None:
+    from archselect.architectures import architectures
+
+    cfg = make_cfg()
+    for task, row in cfg.selector.table.items():
+        if row.available:
+            for cand in row.candidates:
+                assert cand in cfg.arch, (task, cand)
+                assert cand in architectures, (task, cand)
+
+
+@pytest.mark.parametrize("task", [t for t in TASKS if t != "text_classification"])
+def test_rows_not_built_yet_fail_clearly(make_cfg, task: str) -> None:
+    msg = precheck([f"task={task}", "data.max_samples=10"])
+    assert msg is not None and "not available yet" in msg
+    cfg = make_cfg(f"task={task}", cheap=False)
+    with pytest.raises(ConfigError, match=rf"task: task '{task}' is declared in the table but "
+                       "not available yet.*text_classification"):
+        run(cfg)
+    with pytest.raises(ConfigError):
+        table_row(cfg)
+
+
+def test_misspelt_key_names_the_full_key_and_suggests() -> None:
+    msg = precheck(["search.n_trails=3"])
+    assert msg is not None
+    assert msg.startswith("search.n_trails: unknown key")
+    assert "did you mean search.n_trials?" in msg
+
+
+def test_wrong_type_names_the_key() -> None:
+    msg = precheck(["search.n_trials=many"])
+    assert msg is not None and msg.startswith("search.n_trials:")
+
+
+def test_unknown_group_choice_lists_options() -> None:
+    msg = precheck(["task=text_clasification"])
+    assert msg is not None
+    assert "task: unknown choice 'text_clasification'" in msg
+    assert "did you mean 'text_classification'" in msg
+
+
+def test_valid_overrides_pass_precheck() -> None:
+    assert precheck(["search.n_trials=3", "data=csv", "data.path=a.csv"]) is None
+
+
+def test_unknown_data_key_fails_with_full_key(make_cfg) -> None:
+    cfg = make_cfg("+data.txt_column=review")
+    with pytest.raises(ConfigError, match=r"data.txt_column: unknown key.*text_column"):
+        run(cfg)
+
+
+@pytest.mark.parametrize(("override", "pattern"), [
+    ("search.n_trials=0", r"search.n_trials: must be at least 1"),
+    ("search.timeout=-5", r"search.timeout: must be a positive number"),
+    ("search.max_epochs=0", r"search.max_epochs: must be at least 1"),
+    ("data.val_fraction=1.5", r"data.val_fraction: must be between 0 and 1"),
+    ("arch.lstm.space.hidden_size.low=512", r"arch.lstm.space.hidden_size.low: is greater than high"),
+    ("arch.lstm.space.lr.type=uniform", r"arch.lstm.space.lr.type: unknown range type"),
+    ("arch.lstm.model.hidden_size=1000", r"arch.lstm.space.hidden_size: range .* does not contain"),
+    ("+arch.lstm.model.width=3", r"arch.lstm.model.width: unknown hyperparameter of 'lstm'"),
+    ("selector.candidates=[lstm,resnt]", r"selector.candidates: unknown architecture 'resnt'"),
+    ("trainer.precision=fp8", r"trainer.precision: unknown precision"),
+    ("arch.pretrained.model.encoder=no-such-org/no-such-model",
+     r"arch.pretrained.model.encoder: cannot be loaded offline"),
+    ("arch.lstm.model=wide", r"arch.lstm.model: must be a mapping"),
+])
+def test_invalid_configs_fail_before_any_store(make_cfg, tmp_path: Path, override: str,
+                                               pattern: str) -> None:
+    cfg = make_cfg(override, "data.max_samples=120")
+    with pytest.raises(ConfigError, match=pattern):
+        run(cfg)
+    assert not (tmp_path / "optuna.db").exists()
+    assert not (tmp_path / "mlflow.db").exists()

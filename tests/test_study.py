@@ -1,0 +1,125 @@
+"""End to end on real data, real stores in tmp_path, real Lightning training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from archselect.config.errors import ArchselectError
+from archselect.run import run
+
+SMALL = ["selector.candidates=[bag_of_embeddings,lstm]", "search.study_name=s1"]
+
+
+def _children(client: MlflowClient, exp_id: str, parent: str) -> list:
+    return client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+
+
+def test_two_trial_study_end_to_end_and_resume(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(*SMALL, "search.n_trials=2")
+    result = run(cfg)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+
+    study = optuna.load_study(study_name="s1", storage=storage)
+    assert len(study.trials) == 2
+    assert all(t.state.is_finished() for t in study.trials)
+    assert [t.params["arch"] for t in study.trials] == ["bag_of_embeddings", "lstm"]
+    assert all(t.user_attrs["baseline"] for t in study.trials)
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("archselect-text_classification")
+    assert exp is not None and exp.artifact_location.startswith(f"file://{tmp_path}")
+    parents = client.search_runs([exp.experiment_id], "tags.`archselect.role` = 'study'")
+    assert len(parents) == 1 and parents[0].info.run_name == "s1"
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["test_accuracy"] == pytest.approx(result.test_metrics["accuracy"])
+    assert "majority_test_accuracy" in parent.data.metrics
+    children = _children(client, exp.experiment_id, parent.info.run_id)
+    assert sorted(c.info.run_name for c in children) == ["trial-0 bag_of_embeddings",
+                                                          "trial-1 lstm"]
+    for child in children:
+        assert child.data.tags["archselect.state"] in ("COMPLETE", "PRUNED")
+        assert child.info.status == "FINISHED"
+        assert child.data.params["arch"] in ("bag_of_embeddings", "lstm")
+        history = client.get_metric_history(child.info.run_id, "val_f1")
+        assert len(history) >= 1 and [m.step for m in history] == sorted(m.step for m in history)
+        assert client.get_metric_history(child.info.run_id, "train_loss")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config", "selection", "leaderboard", "plots", "optuna"} <= artifacts
+    resolved = client.download_artifacts(parent.info.run_id, "config/resolved.yaml")
+    assert "bag_of_embeddings" in Path(resolved).read_text()
+
+    # The registered model loads back and predicts labels on raw strings.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    model = mlflow.pyfunc.load_model("models:/archselect-text_classification/1")
+    import pandas as pd
+
+    out = model.predict(pd.DataFrame({"text": ["A warm, funny and moving film.",
+                                               "The story follows a young detective."]}))
+    assert list(out.columns) == ["label", "probability"]
+    assert set(out["label"]) <= {"fresh", "plot", "rotten"}
+    assert len(out) == 2
+
+    # Resume: same study name, one more trial; nothing duplicated.
+    result2 = run(make_cfg(*SMALL, "search.n_trials=1"))
+    study = optuna.load_study(study_name="s1", storage=storage)
+    assert len(study.trials) == 3
+    assert len({t.number for t in study.trials}) == 3
+    assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 2
+    parents = client.search_runs([exp.experiment_id], "tags.`archselect.role` = 'study'")
+    assert len(parents) == 1
+    assert len(_children(client, exp.experiment_id, parent.info.run_id)) == 3
+    assert result2.model_version == 2
+
+
+def test_pruned_trials_read_as_pruned_not_failed(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(
+        "selector.candidates=[bag_of_embeddings]", "search.n_trials=2", "search.study_name=p",
+        "search.pruner._target_=optuna.pruners.ThresholdPruner", "+search.pruner.lower=0.99",
+        "~search.pruner.n_startup_trials", "search.pruner.n_warmup_steps=0",
+    )
+    with pytest.raises(ArchselectError, match=r"no trial of study 'p' completed \(0 failed, 2 pruned\)"):
+        run(cfg)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("archselect-text_classification")
+    assert exp is not None
+    trials = client.search_runs([exp.experiment_id], "tags.`archselect.role` = 'trial'")
+    assert len(trials) == 2
+    for t in trials:
+        assert t.data.tags["archselect.state"] == "PRUNED"
+        assert t.info.status == "FINISHED"
+    study = optuna.load_study(study_name="p", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.PRUNED}
+
+
+def test_a_crashing_trial_is_failed_with_its_reason_and_the_study_goes_on(make_cfg,
+                                                                          tmp_path: Path) -> None:
+    # An absurd learning rate makes the loss non-finite: a real failure, not a patched one.
+    cfg = make_cfg(
+        "selector.candidates=[bag_of_embeddings,lstm]", "search.n_trials=2", "search.study_name=f",
+        "arch.bag_of_embeddings.optim.lr=1e30", "arch.bag_of_embeddings.space.lr.high=1e31",
+    )
+    result = run(cfg)
+    states = {r.arch: r.state for r in result.outcome.records}
+    assert states == {"bag_of_embeddings": "FAIL", "lstm": "COMPLETE"}
+    failed = next(r for r in result.outcome.records if r.state == "FAIL")
+    assert failed.reason and ("FloatingPointError" in failed.reason or "finite" in failed.reason)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("archselect-text_classification")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], "tags.`archselect.state` = 'FAIL'")
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["archselect.fail_reason"] == failed.reason
+
+
+def test_dry_run_writes_nothing(make_cfg, tmp_path: Path) -> None:
+    result = run(make_cfg("dry_run=true"))
+    assert result.dry_run
+    assert [c.name for c in result.selection.candidates][0] == "bag_of_embeddings"
+    assert not (tmp_path / "optuna.db").exists()
+    assert not (tmp_path / "mlflow.db").exists()
