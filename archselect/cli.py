@@ -61,14 +61,14 @@ def describe_compose_error(exc: BaseException, overrides: list[str]) -> str:
     from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(exc, MissingConfigException):
-        group = None
+        group: str | None = None
         text = str(exc)
         if "Could not find '" in text:
             group = text.split("Could not find '", 1)[1].split("'", 1)[0]
         options = list(getattr(exc, "options", None) or [])
         if group and "/" in group:
-            g, given = group.rsplit("/", 1)
-            return str(ConfigError(g, f"unknown choice {given!r}", given=given, allowed=options,
+            g, choice = group.rsplit("/", 1)
+            return str(ConfigError(g, f"unknown choice {choice!r}", given=choice, allowed=options,
                                    fix=f"pick one of conf/{g}/*.yaml"))
         return text.strip().splitlines()[0]
     cause: BaseException | None = exc
@@ -77,11 +77,11 @@ def describe_compose_error(exc: BaseException, overrides: list[str]) -> str:
     if cause is not None:
         full_key = str(getattr(cause, "full_key", "") or "")
         msg = str(getattr(cause, "msg", cause)).strip().splitlines()[0]
-        given = None
+        given: str | None = None
         for o in overrides:
             if o.split("=", 1)[0].lstrip("+~") == full_key and "=" in o:
                 given = o.split("=", 1)[1]
-        if "not in struct" in msg or "Could not override" in str(exc) and "Key '" in msg:
+        if "not in struct" in msg or ("Could not override" in str(exc) and "Key '" in msg):
             parent, _, leaf = full_key.rpartition(".")
             known = _known_keys(parent)
             hint = suggest(leaf, known) if known else None

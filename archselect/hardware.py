@@ -61,11 +61,10 @@ def profile_hardware(trainer_cfg: dict[str, Any]) -> HardwareProfile:
         raise ConfigError("trainer.accelerator", "a GPU was asked for but none is visible",
                           given=accel, fix="use trainer.accelerator=auto or cpu")
     use_gpu = bool(gpus) and accel != "cpu"
-    if precision == "auto":
-        if not use_gpu:
-            precision = "32-true"
-        else:
-            precision = "bf16-mixed" if all(g["bf16"] for g in gpus) else "16-mixed"
+    if precision == "auto" and not use_gpu:
+        precision = "32-true"
+    elif precision == "auto":
+        precision = "bf16-mixed" if all(g["bf16"] for g in gpus) else "16-mixed"
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -184,7 +184,7 @@ def _log_optuna_plots(tracker: Any, study: Any) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ax = fn(study)
-            fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+            fig: Any = ax.figure
             fig.set_size_inches(8, 5)
             fig.tight_layout()
             tracker.log_figure(fig, name)
@@ -220,7 +220,8 @@ def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile
     tokenizer = resolve_pretrained(str(hp["arch_kwargs"]["encoder"])) if pretrained else None
     enc = dm.encode(tokenizer)
     dm.use(enc, batch_size=128)
-    trainer = pl.Trainer(accelerator=hw.accelerator, devices=1, precision=hw.precision,
+    trainer = pl.Trainer(accelerator=hw.accelerator, devices=1,
+                         precision=hw.precision,  # type: ignore[arg-type]
                          logger=False, enable_progress_bar=False, enable_model_summary=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -80,8 +80,10 @@ def _arch_config(cfg: Any, name: str) -> dict[str, Any]:
     if name not in cfg.arch:
         raise ConfigError(f"arch.{name}", "the table names an architecture with no config file",
                           given=name, allowed=list(cfg.arch), fix=f"add conf/arch/{name}.yaml")
-    node = OmegaConf.to_container(cfg.arch[name], resolve=True)
-    assert isinstance(node, dict)
+    raw = OmegaConf.to_container(cfg.arch[name], resolve=True)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"arch.{name}", "must be a mapping", given=raw)
+    node = {str(k): v for k, v in raw.items()}
     for key in node:
         if key not in ARCH_KEYS:
             raise ConfigError(f"arch.{name}.{key}", "unknown key", given=key, allowed=ARCH_KEYS)

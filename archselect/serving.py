@@ -6,8 +6,8 @@ import json
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 TEXT_COLUMN = "text"
 SERVING_PACKAGES = ("torch", "lightning", "torchmetrics", "tokenizers", "transformers", "pandas",
@@ -36,7 +36,7 @@ def _texts(model_input: Any) -> list[str]:
     return [str(x) for x in list(model_input)]
 
 
-class TextClassifierModel(mlflow.pyfunc.PythonModel):
+class TextClassifierModel(PythonModel):
     """Serves a text classifier checkpoint with the tokenizer it was trained with.
 
     Artifacts: ``checkpoint`` (Lightning checkpoint), ``tokenizer`` (a tokenizers JSON file or a
@@ -48,7 +48,8 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
 
         from archselect.tasks.classification import ClassificationModule
 
-        meta = json.loads(open(context.artifacts["meta"]).read())
+        with open(context.artifacts["meta"]) as fh:
+            meta = json.loads(fh.read())
         self.meta = meta
         self.module = ClassificationModule.load_from_checkpoint(
             context.artifacts["checkpoint"], map_location="cpu"
@@ -73,7 +74,7 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
 
     # No annotations here: MLflow reads predict()'s type hints as a schema; the logged
     # signature (text column in, label + probability out) is the schema.
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    def predict(self, context, model_input, params=None):
         import torch
 
         from archselect.data.text import pad_batch

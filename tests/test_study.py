@@ -120,6 +120,6 @@ def test_a_crashing_trial_is_failed_with_its_reason_and_the_study_goes_on(make_c
 def test_dry_run_writes_nothing(make_cfg, tmp_path: Path) -> None:
     result = run(make_cfg("dry_run=true"))
     assert result.dry_run
-    assert [c.name for c in result.selection.candidates][0] == "bag_of_embeddings"
+    assert next(c.name for c in result.selection.candidates) == "bag_of_embeddings"
     assert not (tmp_path / "optuna.db").exists()
     assert not (tmp_path / "mlflow.db").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,7 +13,7 @@ from archselect.config.errors import ConfigError
 from archselect.data.base import DataSpec
 
 
-def _register(name: str, **meta: object):  # type: ignore[no-untyped-def]
+def _register(name: str, **meta: object) -> Any:
     from archselect.architectures import architectures
 
     return architectures.register(name, **meta)

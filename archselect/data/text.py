@@ -50,7 +50,8 @@ def load_file(cfg: dict[str, Any]) -> pd.DataFrame:
     path = Path(str(raw)).expanduser()
     if not path.is_file():
         raise ConfigError(
-            "data.path", "file not found", given=str(raw), fix="check the path (relative to the current folder)"
+            "data.path", "file not found", given=str(raw),
+            fix="check the path (relative to the current folder)",
         )
     fmt = cfg.get("format", "auto")
     if fmt == "auto":
@@ -60,10 +61,7 @@ def load_file(cfg: dict[str, Any]) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"data.path: {path} is empty; fix: give a file with a header and rows")
     try:
-        if fmt == "csv":
-            frame = pd.read_csv(path)
-        else:
-            frame = pd.read_json(path, lines=True)
+        frame = pd.read_csv(path) if fmt == "csv" else pd.read_json(path, lines=True)
     except UnicodeDecodeError as exc:
         raise DataError(
             f"data.path: {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
@@ -246,8 +244,9 @@ class TextDataModule(pl.LightningDataModule):
 
     # -- tokenisation ---------------------------------------------------------------------
     def _max_len(self, lengths: np.ndarray) -> int:
-        if self.cfg.get("max_len") is not None:
-            return int(self.cfg["max_len"])
+        fixed = self.cfg.get("max_len")
+        if fixed is not None:
+            return int(fixed)
         value = int(np.percentile(lengths, float(self.cfg["max_len_percentile"])))
         return max(8, min(value, int(self.cfg["max_len_cap"])))
 
@@ -295,7 +294,8 @@ class TextDataModule(pl.LightningDataModule):
         encoded = {s: [e.ids for e in tok.encode_batch(self.texts[s])] for s in SPLITS}
         max_len = self._max_len(np.array([len(x) for x in encoded["train"]]))
         ids = {s: [torch.tensor(x[:max_len] or [1]) for x in encoded[s]] for s in SPLITS}
-        return ids, int(tok.token_to_id("[PAD]")), int(tok.get_vocab_size()), max_len, str(path)
+        pad = tok.token_to_id("[PAD]")
+        return ids, int(pad or 0), int(tok.get_vocab_size()), max_len, str(path)
 
     def _pretrained(
         self, folder: Path, model_path: str

