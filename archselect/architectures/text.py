@@ -97,8 +97,12 @@ class PretrainedClassifier(nn.Module):
                  dropout: float) -> None:
         super().__init__()
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         self.encoder = AutoModel.from_pretrained(model_path, local_files_only=True)
+        self.encoder.train()  # from_pretrained returns eval mode; Lightning switches modes itself
         self.pooling = pooling
         hidden = int(self.encoder.config.hidden_size)
         self.drop = nn.Dropout(dropout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from archselect.config.errors import ConfigError, DataError
 from archselect.data.base import (
@@ -120,6 +121,41 @@ def pad_batch(
         ids[i, : len(row)] = row
     mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.stack([r[1] for r in rows])}
+
+
+class LengthBuckets(Sampler[list[int]]):
+    """Batches of similar length: shuffled, then sorted within large pools, batches shuffled.
+
+    Recurrent and attention layers on CPU pay per padded step, and short texts dominate; grouping
+    by length cuts the padding without changing what an epoch sees.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, *, shuffle: bool, seed: int,
+                 pool: int = 50) -> None:
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.pool = pool
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        n = len(self.lengths)
+        order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+        size = self.batch_size * self.pool
+        batches: list[list[int]] = []
+        for start in range(0, n, size):
+            chunk = sorted(order[start : start + size], key=lambda i: self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.shuffle:
+            perm = torch.randperm(len(batches), generator=g).tolist()
+            batches = [batches[i] for i in perm]
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
 
 class _Collate:
@@ -327,8 +363,10 @@ class TextDataModule(pl.LightningDataModule):
         if self._encoded is None:
             raise RuntimeError("TextDataModule.use() must be called before asking for loaders")
         enc = self._encoded
+        sampler = LengthBuckets([len(x) for x in enc.ids[split]], self.batch_size,
+                                shuffle=shuffle, seed=self.seed)
         return DataLoader(
-            _Rows(enc.ids[split], enc.labels[split]), batch_size=self.batch_size, shuffle=shuffle,
+            _Rows(enc.ids[split], enc.labels[split]), batch_sampler=sampler,
             collate_fn=_Collate(enc.pad_id), num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -1,0 +1,64 @@
+"""The real command in a subprocess: exit codes, one-line errors, Hydra multirun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+CHEAP = ["trainer.progress_bar=false", "search.max_epochs=1", "data.vocab_size=500",
+         "data.min_frequency=1", "selector.candidates=[bag_of_embeddings]"]
+
+
+def archselect(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "160"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "archselect", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["search.n_trails=3"], "search.n_trails: unknown key"),
+    (["task=text_clasification"], "did you mean 'text_classification'"),
+    (["task=object_detection"], "not available yet"),
+    (["selector.candidates=[lstm,resnt]"], "selector.candidates: unknown architecture 'resnt'"),
+    (["data=csv", "data.path=nope.csv"], "data.path: file not found; given 'nope.csv'"),
+    (["data=csv", "data.path=reviews.csv", "data.target=label"],
+     "data.target: no such column in the data; given 'label'; expected one of: review, stars"),
+])
+def test_user_errors_are_one_line_and_write_nothing(tmp_path: Path, text_csv: Path,
+                                                    args: list[str], expected: str) -> None:
+    proc = archselect(*args, f"runs_dir={tmp_path / 'runs'}", "data.text_column=review"
+                      if "data=csv" in args else "seed=42", cwd=tmp_path)
+    line = one_error_line(proc)
+    assert line.startswith("archselect: error: ")
+    assert expected in line
+    runs = tmp_path / "runs"
+    assert not (runs / "optuna.db").exists() and not (runs / "mlflow.db").exists()
+
+
+def test_csv_study_via_hydra_multirun_one_study_per_job(tmp_path: Path, text_csv: Path) -> None:
+    proc = archselect("-m", "data=csv", f"data.path={text_csv}", "data.text_column=review",
+                      "data.target=stars", f"runs_dir={tmp_path / 'runs'}", *CHEAP,
+                      "search.n_trials=1,2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Leaderboard" in proc.stdout
+    assert "Model registered as archselect-text_classification" in proc.stdout.replace("\n", " ")
+    storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
+    names = sorted(optuna.study.get_all_study_names(storage))
+    assert names == ["text_classification-csv[search.n_trials=1]",
+                     "text_classification-csv[search.n_trials=2]"]
+    counts = [len(optuna.load_study(study_name=n, storage=storage).trials) for n in names]
+    assert counts == [1, 2]
