@@ -207,6 +207,7 @@ def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile
     from archselect import report
     from archselect.architectures import architectures
     from archselect.architectures.text import resolve_pretrained
+    from archselect.data.text import pad_batch
     from archselect.serving import TextClassifierModel, pip_requirements
 
     if not best.checkpoint or not Path(best.checkpoint).is_file():
@@ -225,8 +226,9 @@ def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile
                          logger=False, enable_progress_bar=False, enable_model_summary=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        preds = torch.cat(trainer.predict(module, dataloaders=dm.test_dataloader()))  # type: ignore[arg-type]
-    y = enc.labels["test"]
+        outputs: Any = trainer.predict(module, dataloaders=dm.test_dataloader())
+    preds = torch.cat([o["preds"] for o in outputs])
+    y = torch.cat([o["labels"] for o in outputs])
     k = module.spec.num_classes
     majority = int(torch.bincount(enc.labels["train"]).argmax())
     base = torch.full_like(y, majority)
@@ -255,11 +257,14 @@ def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile
             "class_names": module.spec.class_names, "arch": hp["arch"],
         }))
         examples = dm.texts["test"][:3]
+        first = module.eval()(**{k: v for k, v in pad_batch(
+            [(enc.ids["test"][i], enc.labels["test"][i]) for i in range(3)], enc.pad_id).items()
+            if k != "labels"}).argmax(-1)
         import pandas as pd
         from mlflow.models import infer_signature
 
         example_df = pd.DataFrame({"text": examples})
-        labels = [module.spec.class_names[int(i)] for i in preds[:3]]
+        labels = [module.spec.class_names[int(i)] for i in first]
         signature = infer_signature(example_df, pd.DataFrame({"label": labels,
                                                               "probability": [1.0] * len(labels)}))
         with console.status("Logging and registering the best model..."):

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,9 @@ class Tracker:
 
         assert self.parent_id
         try:
-            with mlflow.start_run(run_id=self.parent_id):
+            with mlflow.start_run(run_id=self.parent_id), warnings.catch_warnings():
+                # The signature below is the schema; MLflow's hint about type hints is noise.
+                warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=python_model, artifacts=artifacts,
                     signature=signature, input_example=input_example, code_paths=code_paths,

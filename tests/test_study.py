@@ -65,6 +65,19 @@ def test_two_trial_study_end_to_end_and_resume(make_cfg, tmp_path: Path) -> None
     assert set(out["label"]) <= {"fresh", "plot", "rotten"}
     assert len(out) == 2
 
+    # The served model and the test-split evaluation agree, row for row.
+    from omegaconf import OmegaConf
+
+    from archselect.data.text import TextDataModule
+
+    dm = TextDataModule(OmegaConf.to_container(cfg.data, resolve=True), seed=cfg.seed,
+                        cache_dir=tmp_path / "cache")
+    dm.prepare()
+    served = model.predict(pd.DataFrame({"text": dm.texts["test"]}))["label"].tolist()
+    truth = [dm.spec.class_names[i] for i in dm.labels["test"]]
+    accuracy = sum(a == b for a, b in zip(served, truth, strict=True)) / len(truth)
+    assert accuracy == pytest.approx(result.test_metrics["accuracy"], abs=1e-6)
+
     # Resume: same study name, one more trial; nothing duplicated.
     result2 = run(make_cfg(*SMALL, "search.n_trials=1"))
     study = optuna.load_study(study_name="s1", storage=storage)

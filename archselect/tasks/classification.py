@@ -77,8 +77,10 @@ class ClassificationModule(pl.LightningModule):
         self.log("test_acc", self.test_acc, batch_size=bs)
         self.log("test_f1", self.test_f1, batch_size=bs)
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._logits(batch).argmax(-1)
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int
+                     ) -> dict[str, torch.Tensor]:
+        # Loaders may group rows by length, so predictions travel with their labels.
+        return {"preds": self._logits(batch).argmax(-1), "labels": batch["labels"]}
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
