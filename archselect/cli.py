@@ -115,9 +115,14 @@ def precheck(argv: list[str]) -> str | None:
     overrides = _user_overrides(argv)
     if overrides is None:
         return None
+    from archselect.config.validate import check_runs_dir
+
     try:
         with initialize_config_module("archselect.conf", version_base="1.3"):
-            compose("config", overrides=overrides)
+            cfg = compose("config", overrides=overrides)
+        check_runs_dir(cfg)  # before Hydra creates it
+    except ConfigError as exc:
+        return str(exc)
     except Exception as exc:
         if _full_error():
             raise

@@ -64,10 +64,26 @@ def study_name_for(cfg: Any) -> str:
 
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:
-            name += f"[{hc.job.override_dirname or hc.job.num}]"
+            swept = _swept_keys()
+            mine = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
+            name += f"[{','.join(mine) if mine else f'job{hc.job.num}'}]"
     except ValueError:  # not under @hydra.main (tests, the Python API)
         pass
     return name
+
+
+def _swept_keys() -> set[str]:
+    """Keys the command line sweeps over (``a=1,2``, ``range(...)``, ...)."""
+    import sys
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in sys.argv[1:] if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:  # not our command line (e.g. under another launcher)
+        return set()
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
 
 
 def run(cfg: Any, console: Console | None = None) -> RunResult:
@@ -100,6 +116,11 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
     sel_report = report.selection_dict(spec, hw, selection, study_name)
     report.print_selection(console, sel_report)
     result = RunResult(study_name=study_name, selection=selection, spec=spec, hardware=hw)
+    console.print(
+        f"Budget: up to {cfg.search.n_trials} trials, timeout {cfg.search.timeout}s, at most "
+        f"{cfg.search.max_epochs} epochs per trial (early stopping after {cfg.search.patience} "
+        f"epochs without gain on {cfg.task.monitor}); storage {mask_secrets(str(cfg.search.storage))}"
+    )
     if bool(cfg.dry_run):
         console.print("[bold]dry_run=true[/]: nothing trained, nothing written to the stores.")
         result.dry_run = True
@@ -108,15 +129,17 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
     from archselect.search.study import Objective, open_study, run_search
     from archselect.tracking import Tracker
 
-    study = open_study(cfg, study_name, selection, spec)
+    # The tracking store is checked first: a bad URI must not leave an empty study behind.
     tracker = Tracker(str(cfg.tracking.uri), str(cfg.tracking.experiment),
                       str(cfg.tracking.artifact_location))
+    study = open_study(cfg, study_name, selection, spec)
     parent = tracker.start_study(study_name, {
         "archselect.task": selection.task, "archselect.data": str(cfg.data.name),
         "archselect.data_hash": spec.data_hash,
         "mlflow.note.content": f"archselect study {study_name}: {selection.task} on "
         f"{cfg.data.name}, candidates {', '.join(c.name for c in selection.candidates)}",
-    })
+    }, resume_run_id=study.user_attrs.get("mlflow_parent_run_id"))
+    study.set_user_attr("mlflow_parent_run_id", parent)
     result.parent_run_id = parent
     status = "FAILED"
     try:
@@ -151,12 +174,20 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
     console.print(
         f"[bold green]Done[/] in {outcome.elapsed_s:.0f}s (stopped by {outcome.stopped_by}). "
         f"Best: trial {best.number} {best.arch}, test accuracy "
-        f"{result.test_metrics['accuracy']:.4f}. Model registered as "
-        f"[bold]{cfg.tracking.model_name}[/] version {result.model_version}. Dashboard: "
-        f"mlflow ui --backend-store-uri {mask_secrets(str(cfg.tracking.uri))} "
-        f"(then open the experiment {cfg.tracking.experiment})"
+        f"{result.test_metrics['accuracy']:.4f}. " + (
+            f"Model registered as [bold]{cfg.tracking.model_name}[/] version "
+            f"{result.model_version}. " if result.model_version else
+            f"Model logged at {result.model_uri} (tracking.register=false). ")
+        + _dashboard_hint(str(cfg.tracking.uri), str(cfg.tracking.experiment))
     )
     return result
+
+
+def _dashboard_hint(uri: str, experiment: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"Dashboard: open {mask_secrets(uri)} (experiment {experiment})"
+    return (f"Dashboard: mlflow ui --backend-store-uri {mask_secrets(uri)} --host 127.0.0.1 "
+            f"(then open the experiment {experiment})")
 
 
 def _trial_line(console: Console, cfg: Any) -> Any:
@@ -178,7 +209,8 @@ def _log_optuna_plots(tracker: Any, study: Any) -> None:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
-    plots = {"optuna/history.png": ovm.plot_optimization_history}
+    plots: dict[str, Any] = {"optuna/history.png": ovm.plot_optimization_history,
+             "optuna/param_importances.png": ovm.plot_param_importances}
     for name, fn in plots.items():
         try:
             with warnings.catch_warnings():
@@ -189,7 +221,7 @@ def _log_optuna_plots(tracker: Any, study: Any) -> None:
             fig.tight_layout()
             tracker.log_figure(fig, name)
             plt.close(fig)
-        except (ValueError, RuntimeError) as exc:  # too few trials for this plot
+        except Exception as exc:  # e.g. too few completed trials: say so instead of a picture
             tracker.log_text(f"not drawn: {exc}\n", name.replace(".png", ".txt"))
 
 

@@ -11,7 +11,7 @@ from archselect.data.base import DataSpec
 from archselect.hardware import HardwareProfile
 from archselect.search.space import Param, parse_param
 
-ARCH_KEYS = {"description", "input", "model", "optim", "space"}
+ARCH_KEYS = {"description", "why", "input", "model", "optim", "space"}
 OPTIM_KEYS = ("lr", "weight_decay", "batch_size")
 
 
@@ -21,6 +21,7 @@ class Candidate:
 
     name: str
     description: str
+    why: str
     input: str
     model: dict[str, Any]
     optim: dict[str, Any]
@@ -127,27 +128,26 @@ def _candidate(cfg: Any, name: str, max_epochs: int) -> Candidate:
         raise ConfigError(f"{key}.input", "does not match the builder", given=node.get("input"),
                           allowed=[expected_input])
     return Candidate(name=name, description=str(node.get("description", "")),
-                     input=str(node["input"]), model=model, optim=optim, space=space,
-                     max_epochs=max_epochs)
+                     why=str(node.get("why", "")), input=str(node["input"]), model=model,
+                     optim=optim, space=space, max_epochs=max_epochs)
 
 
-def _reason(c: Candidate, first: bool, spec: DataSpec, hw: HardwareProfile) -> str:
+def _reason(c: Candidate, first: bool, spec: DataSpec) -> str:
+    """The candidate's ``why`` from its YAML, filled in with profile figures."""
     prof = spec.profile
     words = prof.get("words_per_text", {})
-    n_train = prof.get("splits", {}).get("train", 0)
-    if first:
-        return (f"baseline (start simple): {c.description}; trains in seconds and sets the bar "
-                "the others must clear")
-    if c.name == "lstm":
-        return (f"reads word order; texts are short (median {words.get('p50')} words, p95 "
-                f"{words.get('p95')}), well within a recurrent pass")
-    if c.name == "transformer":
-        return (f"self-attention sees the whole text at once; {n_train} training texts are "
-                "enough to train a small encoder from scratch")
-    if c.name == "pretrained":
-        return ("transfers language knowledge learned on large corpora, the recommended choice "
-                f"for {n_train} labelled texts")
-    return c.description
+    values = {
+        "n_train": prof.get("splits", {}).get("train", 0),
+        "classes": prof.get("classes", spec.num_classes),
+        "words_p50": words.get("p50"), "words_p95": words.get("p95"),
+        "words_p99": words.get("p99"), "encoder": c.model.get("encoder", ""),
+    }
+    try:
+        why = c.why.format(**values) if c.why else c.description
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"arch.{c.name}.why", f"unknown placeholder {exc}", given=c.why,
+                          allowed=sorted(values)) from None
+    return f"baseline (start simple): {why}" if first else why
 
 
 def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
@@ -186,7 +186,7 @@ def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
     candidates = []
     for i, name in enumerate(names):
         cand = _candidate(cfg, name, max_epochs)
-        cand.reasons.append(_reason(cand, i == 0, spec, hw))
+        cand.reasons.append(_reason(cand, i == 0, spec))
         if not hw.has_gpu:
             fixed = dict(rules.no_gpu.fixed.get(name, {}) or {})
             for k, v in fixed.items():

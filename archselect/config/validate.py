@@ -53,6 +53,9 @@ def check_numbers(cfg: Any) -> None:
 def check_runs_dir(cfg: Any) -> Path:
     """The runs folder must exist or be creatable, and be writable."""
     path = Path(str(cfg.runs_dir)).expanduser()
+    if "~" in str(cfg.runs_dir):
+        raise ConfigError("runs_dir", "a '~' is not expanded inside the stores' URLs",
+                          given=str(cfg.runs_dir), fix="give the path without ~ (e.g. $HOME/runs)")
     probe = path
     while not probe.exists():
         probe = probe.parent

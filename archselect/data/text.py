@@ -62,7 +62,13 @@ def load_file(cfg: dict[str, Any]) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"data.path: {path} is empty; fix: give a file with a header and rows")
     try:
-        frame = pd.read_csv(path) if fmt == "csv" else pd.read_json(path, lines=True)
+        if fmt == "csv":
+            # Labels stay as written ("05" stays "05"); only empty cells are missing.
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        else:
+            frame = pd.read_json(path, lines=True, dtype=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"data.path: {path} has no rows; fix: give a file with a header and rows") from None
     except UnicodeDecodeError as exc:
         raise DataError(
             f"data.path: {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
@@ -71,9 +77,16 @@ def load_file(cfg: dict[str, Any]) -> pd.DataFrame:
     except (pd.errors.ParserError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"data.path: cannot parse {path} as {fmt}: {first}") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"data.path: {path} has no rows; fix: give a file with a header and rows") from None
     return frame
+
+
+def _label_order(labels: list[str]) -> list[str]:
+    """Class names sorted as numbers when every label is a number, else as text."""
+    unique = set(labels)
+    try:
+        return sorted(unique, key=lambda s: (float(s), s))
+    except ValueError:
+        return sorted(unique)
 
 
 def _text_lengths(texts: list[str]) -> np.ndarray:
@@ -222,7 +235,7 @@ class TextDataModule(pl.LightningDataModule):
         if len(frame) == 0:
             raise DataError(f"data: no row has both a text ({text_col}) and a label ({target_col})")
         label_str = frame[target_col].astype(str).to_numpy()
-        names = sorted(set(label_str.tolist()))
+        names = _label_order(label_str.tolist())
         if len(names) < 2:
             raise DataError(
                 f"data.target: column {target_col!r} has a single class {names[0]!r}; "
@@ -234,9 +247,14 @@ class TextDataModule(pl.LightningDataModule):
 
         max_samples = self.cfg.get("max_samples")
         if max_samples is not None:
-            if int(max_samples) < 30:
-                raise ConfigError("data.max_samples", "too few rows to split", given=max_samples,
-                                  allowed="null or at least 30")
+            if int(max_samples) < max(30, 10 * len(names)):
+                raise ConfigError("data.max_samples", "too few rows to split into train/val/test "
+                                  f"for {len(names)} classes", given=max_samples,
+                                  allowed=f"null or at least {max(30, 10 * len(names))}")
+            smallest = int(np.bincount(labels).min())
+            if smallest < 3:
+                raise DataError(f"data: a class has only {smallest} row(s); a stratified sample "
+                                "needs at least 3 per class; fix: add rows for that class or drop it")
             if int(max_samples) < len(texts):
                 from sklearn.model_selection import train_test_split
 
@@ -258,7 +276,8 @@ class TextDataModule(pl.LightningDataModule):
 
         train_lengths = _text_lengths(self.texts["train"])
         vocab = {w for t in self.texts["train"] for w in t.lower().split()}
-        options = {k: self.cfg[k] for k in ("vocab_size", "min_frequency", "lowercase")}
+        options = {k: self.cfg[k] for k in ("vocab_size", "min_frequency", "lowercase", "max_len",
+                                            "max_len_percentile", "max_len_cap")}
         data_hash = stable_hash(
             texts, labels.tolist(), {k: v.tolist() for k, v in split.items()}, options
         )

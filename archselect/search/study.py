@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -11,8 +12,8 @@ from typing import Any
 
 import optuna
 
-from archselect.config.errors import ArchselectError, ConfigError
-from archselect.data.base import DataSpec
+from archselect.config.errors import ConfigError
+from archselect.data.base import DataSpec, stable_hash
 from archselect.hardware import HardwareProfile
 from archselect.search.progress import StudyProgressBar
 from archselect.search.space import suggest
@@ -87,7 +88,8 @@ def _instantiate(node: Any, key: str, base: type) -> Any:
 
 def open_study(cfg: Any, study_name: str, selection: Selection, spec: DataSpec) -> optuna.Study:
     """Create the study, or load it to resume; refuse to mix different data or candidates."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: a failed trial's reason is in its line and the leaderboard, not a traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     url = storage_url(str(cfg.search.storage))
     sampler = _instantiate(cfg.search.sampler, "search.sampler", optuna.samplers.BaseSampler)
     pruner = _instantiate(cfg.search.pruner, "search.pruner", optuna.pruners.BasePruner)
@@ -98,10 +100,15 @@ def open_study(cfg: Any, study_name: str, selection: Selection, spec: DataSpec) 
     try:
         names = optuna.study.get_all_study_names(storage=url)
     except Exception as exc:
-        raise ConfigError("search.storage", f"cannot open the study storage ({type(exc).__name__})",
-                          given=mask_secrets(url), fix="check the URL, the server, the path") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ConfigError("search.storage", f"cannot open the study storage ({type(exc).__name__}: "
+                          f"{mask_secrets(first)})", given=mask_secrets(url),
+                          fix="check the URL, the server, the path") from None
     identity = {"task": selection.task, "data_hash": spec.data_hash,
-                "monitor": str(cfg.task.monitor)}
+                "monitor": str(cfg.task.monitor), "candidates": ",".join(
+                    c.name for c in selection.candidates),
+                "space_hash": stable_hash({c.name: {k: p.describe() for k, p in c.space.items()}
+                                           for c in selection.candidates})}
     if study_name in names:
         study = optuna.load_study(study_name=study_name, storage=url, sampler=sampler,
                                   pruner=pruner)
@@ -123,14 +130,17 @@ def open_study(cfg: Any, study_name: str, selection: Selection, spec: DataSpec) 
 
 def enqueue_baselines(study: optuna.Study, candidates: list[Candidate]) -> int:
     """Queue each candidate with its defaults, simplest first, unless already tried."""
-    tried = {(t.params.get("arch"), bool(t.user_attrs.get("baseline")))
-             for t in study.get_trials(deepcopy=False)}
+    tried = set()
+    for t in study.get_trials(deepcopy=False):
+        # A queued trial has no params yet: its values wait in fixed_params.
+        arch = t.params.get("arch", t.system_attrs.get("fixed_params", {}).get("arch"))
+        tried.add((arch, bool(t.user_attrs.get("baseline"))))
     queued = 0
     for cand in candidates:
         if (cand.name, True) in tried:
             continue
         params = {"arch": cand.name, **{f"{cand.name}.{k}": v for k, v in cand.defaults().items()}}
-        study.enqueue_trial(params, user_attrs={"baseline": True})
+        study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
         queued += 1
     return queued
 
@@ -154,7 +164,8 @@ class Objective:
         self.hw = hw
         self.tracker = tracker
         self.family_cls = family_cls
-        self.ckpt_root = Path(str(cfg.runs_dir)) / "checkpoints" / _safe(study_name)
+        self.ckpt_root = (Path(str(cfg.runs_dir)) / "checkpoints"
+                          / f"{_safe(study_name)}-{stable_hash(str(cfg.search.storage))[:8]}")
         self.done = 0
         self.deadline: float | None = None
 
@@ -194,13 +205,16 @@ class Objective:
             n_params = count_parameters(module.model)
             trial.set_user_attr("n_params", n_params)
             ckpt = ModelCheckpoint(dirpath=self.ckpt_root / f"trial-{trial.number}",
-                                   filename="best", monitor=monitor, mode=mode, save_top_k=1)
+                                   filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                                   save_weights_only=True)
             callbacks: list[pl.Callback] = [
                 EarlyStopping(monitor=monitor, mode=mode, patience=int(self.cfg.search.patience)),
                 ckpt,
                 self.tracker.epoch_logger(run_id),
-                PyTorchLightningPruningCallback(trial, monitor=monitor),
             ]
+            if not trial.user_attrs.get("baseline"):
+                # Baselines are the reference each candidate gets: they run to the end.
+                callbacks.append(PyTorchLightningPruningCallback(trial, monitor=monitor))
             if bool(self.cfg.trainer.progress_bar):
                 callbacks.append(StudyProgressBar(self.done, int(self.cfg.search.n_trials),
                                                   self.deadline))
@@ -221,7 +235,11 @@ class Objective:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
                 warnings.filterwarnings("ignore", ".*isinstance.*LeafSpec.*")
-                trainer.fit(module, datamodule=dm)
+                try:
+                    trainer.fit(module, datamodule=dm)
+                except SystemExit:
+                    # Lightning turns Ctrl-C into SystemExit after its own clean-up.
+                    raise KeyboardInterrupt from None
             if trainer.interrupted:
                 raise KeyboardInterrupt
             score = ckpt.best_model_score
@@ -242,6 +260,7 @@ class Objective:
             trial.set_user_attr("duration_s", round(time.monotonic() - start, 2))
             self.tracker.end_trial(run_id, "PRUNED", metrics={
                 "duration_s": time.monotonic() - start, "epochs": epochs})
+            self._drop_checkpoint(trial.number)
             raise
         except KeyboardInterrupt:
             self.tracker.end_trial(run_id, "FAIL", reason="interrupted by the user")
@@ -251,9 +270,11 @@ class Objective:
             trial.set_user_attr("fail_reason", reason)
             trial.set_user_attr("duration_s", round(time.monotonic() - start, 2))
             self.tracker.end_trial(run_id, "FAIL", reason=reason)
-            if isinstance(exc, ArchselectError):
-                raise
+            self._drop_checkpoint(trial.number)
             raise TrialFailed(reason) from exc
+
+    def _drop_checkpoint(self, number: int) -> None:
+        shutil.rmtree(self.ckpt_root / f"trial-{number}", ignore_errors=True)
 
 
 class TrialFailed(Exception):
