@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -74,8 +75,6 @@ def study_name_for(cfg: Any) -> str:
 
 def _swept_keys() -> set[str]:
     """Keys the command line sweeps over (``a=1,2``, ``range(...)``, ...)."""
-    import sys
-
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args = [a for a in sys.argv[1:] if not a.startswith("-")]
@@ -92,7 +91,9 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
     Raises:
         ArchselectError: for anything the user can fix (bad config, bad data, ...).
     """
-    console = console or Console()
+    if console is None:
+        # Piped output (logs, CI) gets a wide table instead of rich's 80-column default.
+        console = Console() if sys.stdout.isatty() else Console(width=140)
     _quiet_libraries()
     row = table_row(cfg)
     validate(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -34,6 +35,11 @@ def _texts(model_input: Any) -> list[str]:
     if isinstance(model_input, str):
         return [model_input]
     return [str(x) for x in list(model_input)]
+
+
+# MLflow warns at class creation that predict() has no type hints; the logged signature is the
+# schema, so the hint is noise here.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
 
 
 class TextClassifierModel(PythonModel):
