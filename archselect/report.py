@@ -15,10 +15,10 @@ from archselect.selector import Selection
 
 
 def selection_dict(spec: DataSpec, hw: HardwareProfile, selection: Selection,
-                   study_name: str) -> dict[str, Any]:
+                   study_name: str, profile_lines: list[tuple[str, str]]) -> dict[str, Any]:
     """The selection report as JSON-ready data."""
     return {"study": study_name, "data_profile": spec.profile, "hardware": hw.to_dict(),
-            "selection": selection.to_dict()}
+            "selection": selection.to_dict(), "profile_lines": profile_lines}
 
 
 def selection_markdown(report: dict[str, Any]) -> str:
@@ -44,20 +44,11 @@ def selection_markdown(report: dict[str, Any]) -> str:
 
 def print_selection(console: Console, report: dict[str, Any]) -> None:
     """Print the data profile, the hardware profile and the candidates with their reasons."""
-    prof, hw, sel = report["data_profile"], report["hardware"], report["selection"]
+    hw, sel = report["hardware"], report["selection"]
     console.rule(f"[bold]archselect[/] {sel['task']} · study {report['study']}")
     data = Table(title="Data profile", show_header=False, title_justify="left")
-    bal = prof["balance"]
-    data.add_row("source", str(prof["source"]))
-    data.add_row("samples", f"{prof['samples']} (train {prof['splits']['train']}, val "
-                 f"{prof['splits']['val']}, test {prof['splits']['test']}); dropped "
-                 f"{prof['dropped_rows']} empty rows")
-    data.add_row("classes", f"{prof['classes']}: " + ", ".join(
-        f"{k} {v}" for k, v in bal["counts"].items()) + f" (imbalance {bal['imbalance_ratio']}x)")
-    w = prof["words_per_text"]
-    data.add_row("words per text", f"p50 {w['p50']}, p90 {w['p90']}, p95 {w['p95']}, p99 "
-                 f"{w['p99']}, max {w['max']}")
-    data.add_row("vocabulary", f"{prof['vocabulary_words']} distinct words in train")
+    for label, text in report["profile_lines"]:
+        data.add_row(label, text)
     console.print(data)
     gpus = ", ".join(f"{g['name']} {g['memory_gb']} GB{' bf16' if g['bf16'] else ''}"
                      for g in hw["gpus"]) or "none"
@@ -118,13 +109,13 @@ def print_leaderboard(console: Console, rows: list[dict[str, Any]], monitor: str
     console.print(table)
 
 
-def print_test(console: Console, best: TrialRecord, test: dict[str, float],
+def print_test(console: Console, best: TrialRecord, test: dict[str, float], baseline_name: str,
                baseline: dict[str, float]) -> None:
-    table = Table(title=f"Test split: best trial {best.number} ({best.arch}) vs majority class",
+    table = Table(title=f"Test split: best trial {best.number} ({best.arch}) vs {baseline_name}",
                   title_justify="left")
     table.add_column("metric")
     table.add_column("best model")
-    table.add_column("majority class")
+    table.add_column(baseline_name)
     for k, v in test.items():
         table.add_row(k, f"{v:.4f}", f"{baseline.get(k, float('nan')):.4f}")
     console.print(table)

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from archselect.config.errors import ArchselectError
+from archselect.config.errors import ArchselectError, ConfigError
 from archselect.config.validate import validate
 from archselect.data.base import DataSpec
 from archselect.hardware import HardwareProfile, profile_hardware
@@ -37,6 +37,7 @@ class RunResult:
     dry_run: bool = False
     outcome: Any = None
     test_metrics: dict[str, float] = field(default_factory=dict)
+    baseline_name: str = ""
     baseline_metrics: dict[str, float] = field(default_factory=dict)
     parent_run_id: str | None = None
     model_uri: str | None = None
@@ -96,16 +97,22 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
         console = Console() if sys.stdout.isatty() else Console(width=140)
     _quiet_libraries()
     row = table_row(cfg)
-    validate(cfg)
+    validate(cfg, row["data_kind"])
 
     from archselect.data import data_sources, datamodules
     from archselect.tasks import families
 
     family_cls = families.get(row["family"])
-    kind = data_sources.meta(str(cfg.data.source))["kind"]
+    kind = row["data_kind"]
+    source_kind = data_sources.meta(str(cfg.data.source)).get("kind")
+    if source_kind not in (None, kind):
+        raise ConfigError("data", f"the {cfg.data.name!r} data holds {source_kind} data, but task "
+                          f"{cfg.task.name} reads {kind} data", given=str(cfg.data.name),
+                          fix=f"choose a {kind} data set or data=csv")
     runs_dir = Path(str(cfg.runs_dir)).expanduser()
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    dm = datamodules.get(kind)(data_cfg, seed=int(cfg.seed), cache_dir=runs_dir / "cache")
+    dm = datamodules.get(kind)(data_cfg, seed=int(cfg.seed), cache_dir=runs_dir / "cache",
+                               target_kind=family_cls.target_kind)
     with console.status("Loading and profiling the data..."):
         spec = dm.prepare()
     hw = profile_hardware(OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
@@ -114,7 +121,7 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
 
     from archselect import report
 
-    sel_report = report.selection_dict(spec, hw, selection, study_name)
+    sel_report = report.selection_dict(spec, hw, selection, study_name, dm.profile_lines())
     report.print_selection(console, sel_report)
     result = RunResult(study_name=study_name, selection=selection, spec=spec, hardware=hw)
     console.print(
@@ -174,12 +181,13 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
         tracker.end_study(status)
     console.print(
         f"[bold green]Done[/] in {outcome.elapsed_s:.0f}s (stopped by {outcome.stopped_by}). "
-        f"Best: trial {best.number} {best.arch}, test accuracy "
-        f"{result.test_metrics['accuracy']:.4f}. " + (
+        f"Best: trial {best.number} {best.arch}, test "
+        + ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items()) + ". " + (
             f"Model registered as [bold]{cfg.tracking.model_name}[/] version "
             f"{result.model_version}. " if result.model_version else
             f"Model logged at {result.model_uri} (tracking.register=false). ")
-        + _dashboard_hint(str(cfg.tracking.uri), str(cfg.tracking.experiment))
+        + _dashboard_hint(str(cfg.tracking.uri), str(cfg.tracking.experiment)),
+        soft_wrap=True,  # one line, so the command can be copied
     )
     return result
 
@@ -230,18 +238,13 @@ def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile
             tracker: Any, console: Console, family_cls: Any) -> None:
     """Test the best trial's checkpoint, log and register it as a pyfunc model."""
     import lightning.pytorch as pl
+    import matplotlib.pyplot as plt
     import torch
-    from torchmetrics.functional.classification import (
-        multiclass_accuracy,
-        multiclass_confusion_matrix,
-        multiclass_f1_score,
-    )
+    from mlflow.models import infer_signature
 
     from archselect import report
     from archselect.architectures import architectures
-    from archselect.architectures.text import resolve_pretrained
-    from archselect.data.text import pad_batch
-    from archselect.serving import TextClassifierModel, pip_requirements
+    from archselect.serving import pip_requirements
 
     if not best.checkpoint or not Path(best.checkpoint).is_file():
         raise ArchselectError(
@@ -250,10 +253,8 @@ def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile
         )
     module = family_cls.load_from_checkpoint(best.checkpoint, map_location="cpu")
     hp = module.hparams
-    pretrained = architectures.meta(hp["arch"])["input"] == "pretrained"
-    tokenizer = resolve_pretrained(str(hp["arch_kwargs"]["encoder"])) if pretrained else None
-    enc = dm.encode(tokenizer)
-    dm.use(enc, batch_size=128)
+    resolve = architectures.meta(hp["arch"]).get("resolve")
+    dm.for_trial(resolve(hp["arch_kwargs"]) if resolve else None, batch_size=128, num_workers=0)
     trainer = pl.Trainer(accelerator=hw.accelerator, devices=1,
                          precision=hw.precision,  # type: ignore[arg-type]
                          logger=False, enable_progress_bar=False, enable_model_summary=False)
@@ -261,76 +262,38 @@ def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile
         warnings.simplefilter("ignore")
         outputs: Any = trainer.predict(module, dataloaders=dm.test_dataloader())
     preds = torch.cat([o["preds"] for o in outputs])
-    y = torch.cat([o["labels"] for o in outputs])
-    k = module.spec.num_classes
-    majority = int(torch.bincount(enc.labels["train"]).argmax())
-    base = torch.full_like(y, majority)
-
-    def metrics(p: torch.Tensor) -> dict[str, float]:
-        return {"accuracy": float(multiclass_accuracy(p, y, k, average="micro")),
-                "macro_f1": float(multiclass_f1_score(p, y, k, average="macro"))}
-
-    result.test_metrics = metrics(preds)
-    result.baseline_metrics = metrics(base)
-    report.print_test(console, best, result.test_metrics, result.baseline_metrics)
+    targets = torch.cat([o["targets"] for o in outputs])
+    spec = module.spec
+    result.test_metrics = family_cls.evaluate(preds, targets, spec)
+    result.baseline_name, trivial = family_cls.trivial(dm.targets("train"), len(targets), spec)
+    result.baseline_metrics = family_cls.evaluate(trivial, targets, spec)
+    report.print_test(console, best, result.test_metrics, result.baseline_name,
+                      result.baseline_metrics)
     tracker.log_metrics(tracker.parent_id, {
-        **{f"test_{k_}": v for k_, v in result.test_metrics.items()},
-        **{f"majority_test_{k_}": v for k_, v in result.baseline_metrics.items()},
+        **{f"test_{k}": v for k, v in result.test_metrics.items()},
+        **{f"baseline_test_{k}": v for k, v in result.baseline_metrics.items()},
         f"best_{cfg.task.monitor}": float(best.value), "best_trial": best.number,
     })
     tracker.set_tags(tracker.parent_id, {"archselect.best_arch": best.arch,
-                                         "archselect.best_trial": best.number})
-    _log_confusion(tracker, multiclass_confusion_matrix(preds, y, k), module.spec.class_names)
+                                         "archselect.best_trial": best.number,
+                                         "archselect.baseline": result.baseline_name})
+    for name, fig in family_cls.figures(preds, targets, spec).items():
+        tracker.log_figure(fig, name)
+        plt.close(fig)
 
     with tempfile.TemporaryDirectory() as tmp:
-        meta = Path(tmp) / "meta.json"
-        meta.write_text(json.dumps({
-            "tokenizer_kind": "pretrained" if pretrained else "wordpiece",
-            "max_len": enc.max_len, "pad_id": enc.pad_id,
-            "class_names": module.spec.class_names, "arch": hp["arch"],
-        }))
-        examples = dm.texts["test"][:3]
-        first = module.eval()(**{k: v for k, v in pad_batch(
-            [(enc.ids["test"][i], enc.labels["test"][i]) for i in range(3)], enc.pad_id).items()
-            if k != "labels"}).argmax(-1)
-        import pandas as pd
-        from mlflow.models import infer_signature
-
-        example_df = pd.DataFrame({"text": examples})
-        labels = [module.spec.class_names[int(i)] for i in first]
-        signature = infer_signature(example_df, pd.DataFrame({"label": labels,
-                                                              "probability": [1.0] * len(labels)}))
+        bundle = dm.serving_bundle(best.checkpoint, _family_name(family_cls), Path(tmp))
+        signature = infer_signature(bundle.input_example, bundle.output_example)
         with console.status("Logging and registering the best model..."):
             result.model_uri, result.model_version = tracker.log_model(
-                TextClassifierModel(),
-                artifacts={"checkpoint": best.checkpoint, "tokenizer": enc.tokenizer_path,
-                           "meta": str(meta)},
-                signature=signature, input_example=example_df,
-                code_paths=[str(Path(__file__).parent)],
+                bundle.python_model, artifacts=bundle.artifacts, signature=signature,
+                input_example=bundle.input_example, code_paths=[str(Path(__file__).parent)],
                 pip_requirements=pip_requirements(),
                 register_as=str(cfg.tracking.model_name) if cfg.tracking.register else None,
             )
 
 
-def _log_confusion(tracker: Any, matrix: Any, names: list[str]) -> None:
-    import matplotlib
+def _family_name(family_cls: Any) -> str:
+    from archselect.tasks import families
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 3, 1.2 * len(names) + 2.5))
-    m = matrix.numpy()
-    ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, str(int(m[i, j])), ha="center", va="center",
-                    color="white" if m[i, j] > m.max() / 2 else "black")
-    ax.set_title("Confusion matrix (test split, best model)")
-    fig.tight_layout()
-    tracker.log_figure(fig, "plots/confusion_matrix.png")
-    plt.close(fig)
-
+    return next(n for n in families.names() if families.get(n) is family_cls)

@@ -28,7 +28,7 @@ class Candidate:
     space: dict[str, Param]
     max_epochs: int
     reasons: list[str] = field(default_factory=list)
-    tokenizer: str | None = None
+    option: str | None = None  # the input option the data module needs (e.g. a tokenizer)
 
     def defaults(self) -> dict[str, Any]:
         """Values of the searched parameters in the baseline trial."""
@@ -72,7 +72,8 @@ def table_row(cfg: Any) -> dict[str, Any]:
             "task", f"task {task!r} is declared in the table but not available yet",
             allowed=ready, fix="choose an available task",
         )
-    return {"family": str(row.family), "candidates": list(row.candidates)}
+    return {"family": str(row.family), "candidates": list(row.candidates),
+            "data_kind": str(row.data_kind)}
 
 
 def _arch_config(cfg: Any, name: str) -> dict[str, Any]:
@@ -141,6 +142,7 @@ def _reason(c: Candidate, first: bool, spec: DataSpec) -> str:
         "classes": prof.get("classes", spec.num_classes),
         "words_p50": words.get("p50"), "words_p95": words.get("p95"),
         "words_p99": words.get("p99"), "encoder": c.model.get("encoder", ""),
+        "n_features": spec.n_features,
     }
     try:
         why = c.why.format(**values) if c.why else c.description
@@ -197,10 +199,9 @@ def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
             if cap is not None and int(cap) < cand.max_epochs:
                 cand.max_epochs = int(cap)
                 cand.reasons.append(f"no GPU: at most {cap} epochs")
-        if cand.input == "pretrained":
-            from archselect.architectures.text import resolve_pretrained
-
-            cand.tokenizer = resolve_pretrained(str(cand.model["encoder"]))
+        resolve = architectures.meta(name).get("resolve")
+        if resolve is not None:  # e.g. a pretrained encoder: found offline now, or a clear error
+            cand.option = resolve(cand.model)
         candidates.append(cand)
     if hw.has_gpu:
         notes.append(f"{len(hw.gpus)} GPU(s), precision {hw.precision}")

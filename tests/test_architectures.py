@@ -1,7 +1,10 @@
-"""Registry-driven: every registered architecture builds from its YAML defaults and gives the
-right output shape. A new architecture is covered as soon as it is registered and configured."""
+"""Registry-driven: every registered architecture builds from its YAML defaults, for every
+input and target kind it claims, and gives the right output shape. A new architecture is
+covered as soon as it is registered and configured."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
@@ -11,6 +14,29 @@ from archselect.architectures import architectures, build, check_hparams
 from archselect.data.base import DataSpec
 
 
+def tokens(spec: DataSpec) -> dict[str, torch.Tensor]:
+    ids = torch.randint(2, 400, (4, 24))
+    mask = torch.ones(4, 24, dtype=torch.bool)
+    mask[1, 10:] = False
+    ids[1, 10:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def features(spec: DataSpec) -> dict[str, torch.Tensor]:
+    return {"x": torch.randn(4, spec.n_features)}
+
+
+# input kind -> (specs it claims, a batch of 4 for a spec)
+INPUTS: dict[str, tuple[list[DataSpec], Any]] = {
+    "tokens": ([DataSpec(kind="text", num_classes=3, class_names=["a", "b", "c"],
+                         vocab_size=500, pad_id=0, max_len=24)], tokens),
+    "pretrained": ([DataSpec(kind="text", num_classes=3, class_names=["a", "b", "c"])], tokens),
+    "features": ([DataSpec(kind="tabular", num_classes=3, class_names=["a", "b", "c"],
+                           n_features=7),
+                  DataSpec(kind="tabular", num_classes=0, n_features=5)], features),
+}
+
+
 @pytest.mark.parametrize("name", architectures.names())
 def test_builds_from_yaml_defaults_with_right_output_shape(make_cfg, name: str) -> None:
     cfg = make_cfg()
@@ -18,22 +44,21 @@ def test_builds_from_yaml_defaults_with_right_output_shape(make_cfg, name: str) 
     model_kw = OmegaConf.to_container(cfg.arch[name].model, resolve=True)
     assert isinstance(model_kw, dict)
     check_hparams(name, model_kw, f"arch.{name}.model")
-    spec = DataSpec(kind="text", num_classes=3, class_names=["a", "b", "c"], vocab_size=500,
-                    pad_id=0, max_len=24)
-    model = build(name, spec, **model_kw)
-    ids = torch.randint(2, 400, (4, 24))
-    mask = torch.ones(4, 24, dtype=torch.bool)
-    mask[1, 10:] = False
-    ids[1, 10:] = 0
-    out = model(ids, mask)
-    assert out.shape == (4, 3)
-    assert torch.isfinite(out).all()
-    out.sum().backward()
+    kind = architectures.meta(name)["input"]
+    assert kind in INPUTS, f"no test inputs for input kind {kind!r}"
+    specs, make_inputs = INPUTS[kind]
+    for spec in specs:
+        model = build(name, spec, **model_kw)
+        out = model(**make_inputs(spec))
+        assert out.shape == (4, max(spec.num_classes, 1))
+        assert torch.isfinite(out).all()
+        out.sum().backward()
 
 
 def test_pretrained_trains_only_top_layers_when_asked() -> None:
     spec = DataSpec(kind="text", num_classes=2, class_names=["a", "b"])
-    model = build("pretrained", spec, encoder="minilm", pooling="cls", trainable_layers=1, dropout=0.0)
+    model = build("pretrained", spec, encoder="minilm", pooling="cls", trainable_layers=1,
+                  dropout=0.0)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("layer.5." in n for n in trainable)
     assert not any("layer.0." in n for n in trainable)

@@ -55,7 +55,7 @@ def test_csv_study_via_hydra_multirun_one_study_per_job(tmp_path: Path, text_csv
                       "search.n_trials=1,2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Leaderboard" in proc.stdout
-    assert "Model registered as archselect-text_classification" in proc.stdout.replace("\n", " ")
+    assert "Model registered as archselect-text_classification" in " ".join(proc.stdout.split())
     storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
     names = sorted(optuna.study.get_all_study_names(storage))
     assert names == ["text_classification-csv[search.n_trials=1]",

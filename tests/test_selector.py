@@ -39,7 +39,7 @@ def test_no_gpu_caps_the_pretrained_encoder(make_cfg) -> None:
     assert any("no GPU" in r for r in cpu.reasons)
     assert gpu.model["trainable_layers"] == -1
     assert gpu.max_epochs == cfg.search.max_epochs
-    assert cpu.tokenizer and cpu.tokenizer.endswith("model")
+    assert cpu.option and cpu.option.endswith("model")
 
 
 def test_small_data_drops_transformer_with_a_reason(make_cfg) -> None:

@@ -38,7 +38,8 @@ def test_two_trial_study_end_to_end_and_resume(make_cfg, tmp_path: Path) -> None
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["test_accuracy"] == pytest.approx(result.test_metrics["accuracy"])
-    assert "majority_test_accuracy" in parent.data.metrics
+    assert "baseline_test_accuracy" in parent.data.metrics
+    assert parent.data.tags["archselect.baseline"] == "majority class"
     children = _children(client, exp.experiment_id, parent.info.run_id)
     assert sorted(c.info.run_name for c in children) == ["trial-0 bag_of_embeddings",
                                                           "trial-1 lstm"]

@@ -185,7 +185,8 @@ def transformer(spec: DataSpec, *, d_model: int, nhead: int, num_layers: int,
                                  d_model, nhead, num_layers, dim_feedforward, dropout)
 
 
-@_register("pretrained", input="pretrained")
+@_register("pretrained", input="pretrained",
+           resolve=lambda model: resolve_pretrained(str(model["encoder"])))
 def pretrained(spec: DataSpec, *, encoder: str, pooling: str, trainable_layers: int,
                dropout: float) -> nn.Module:
     """A pretrained encoder (offline) fine-tuned with a classification head."""

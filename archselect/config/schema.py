@@ -57,6 +57,7 @@ class TrackingConfig:
 @dataclass
 class RowConfig:
     family: str = MISSING
+    data_kind: str = MISSING
     candidates: list[str] = MISSING
     available: bool = MISSING
     description: str = MISSING
@@ -84,16 +85,30 @@ class ArchselectConfig:
 
 
 @dataclass
-class TextDataConfig:
-    """Keys shared by every text data source."""
+class DataConfig:
+    """Keys every data source has."""
 
     source: str = MISSING
     name: str = MISSING
-    text_column: str = MISSING
     target: str = MISSING
     max_samples: int | None = MISSING
     val_fraction: float = MISSING
     test_fraction: float = MISSING
+
+
+@dataclass
+class FileDataConfig(DataConfig):
+    """A user's file."""
+
+    path: str = MISSING
+    format: str = MISSING
+
+
+@dataclass
+class TextDataConfig(DataConfig):
+    """Text sources: the text column and the tokenizer options."""
+
+    text_column: str = MISSING
     vocab_size: int = MISSING
     min_frequency: int = MISSING
     lowercase: bool = MISSING
@@ -104,7 +119,7 @@ class TextDataConfig:
 
 @dataclass
 class FileTextDataConfig(TextDataConfig):
-    """A user's CSV / JSONL file."""
+    """A user's CSV / JSONL file of texts."""
 
     path: str = MISSING
     format: str = MISSING

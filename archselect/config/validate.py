@@ -10,17 +10,30 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from archselect.config.errors import ConfigError
-from archselect.config.schema import FileTextDataConfig, TextDataConfig
+from archselect.config.schema import (
+    DataConfig,
+    FileDataConfig,
+    FileTextDataConfig,
+    TextDataConfig,
+)
 
-DATA_SCHEMAS = {"rotten_tomatoes": TextDataConfig, "file": FileTextDataConfig}
+# (data kind of the task row, data source) -> the keys that source takes for that kind
+DATA_SCHEMAS: dict[tuple[str, str], type] = {
+    ("text", "rotten_tomatoes"): TextDataConfig,
+    ("text", "file"): FileTextDataConfig,
+    ("tabular", "sklearn"): DataConfig,
+    ("tabular", "file"): FileDataConfig,
+}
 
 
-def check_data(cfg: Any) -> None:
+def check_data(cfg: Any, kind: str) -> None:
     """Check ``data`` against the schema of its source: unknown keys and wrong types fail."""
-    source = cfg.data.get("source")
-    if source not in DATA_SCHEMAS:
-        raise ConfigError("data.source", "unknown data source", given=source, allowed=DATA_SCHEMAS)
-    schema = OmegaConf.structured(DATA_SCHEMAS[source])
+    source = str(cfg.data.get("source"))
+    sources = [s for k, s in DATA_SCHEMAS if k == kind]
+    if (kind, source) not in DATA_SCHEMAS:
+        raise ConfigError("data.source", f"not a source of {kind} data", given=source,
+                          allowed=sources, fix=f"choose a {kind} data set (see conf/data/)")
+    schema = OmegaConf.structured(DATA_SCHEMAS[(kind, source)])
     known = list(schema.keys())
     for key in cfg.data:
         if key not in known:
@@ -65,8 +78,8 @@ def check_runs_dir(cfg: Any) -> Path:
     return path
 
 
-def validate(cfg: Any) -> None:
+def validate(cfg: Any, data_kind: str) -> None:
     """Every check that needs no data and writes nothing."""
     check_runs_dir(cfg)
     check_numbers(cfg)
-    check_data(cfg)
+    check_data(cfg, data_kind)

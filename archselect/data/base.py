@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
+import torch
 
 from archselect.config.errors import ConfigError, DataError
 from archselect.registry import Registry
@@ -18,12 +21,15 @@ class DataSpec:
     """What builders and task families need to know about the data, plus its profile.
 
     Attributes:
-        kind: the input kind (``"text"``).
+        kind: the input kind (``"text"``, ``"tabular"``).
         num_classes: number of target classes (classification).
         class_names: the label of each class index.
         vocab_size: size of the trained tokenizer's vocabulary (text).
         pad_id: padding token id (text).
         max_len: tokens kept per text (text).
+        n_features: width of the encoded feature vector (tabular).
+        target_mean: training-split mean of a continuous target (regression).
+        target_std: training-split standard deviation of a continuous target (regression).
         data_hash: hash of the rows, the split and the preprocessing options.
         profile: the data profile (sizes, balance, lengths, vocabulary, ...).
     """
@@ -34,6 +40,9 @@ class DataSpec:
     vocab_size: int = 0
     pad_id: int = 0
     max_len: int = 0
+    n_features: int = 0
+    target_mean: float = 0.0
+    target_std: float = 1.0
     data_hash: str = ""
     profile: dict[str, Any] = field(default_factory=dict)
 
@@ -43,6 +52,47 @@ class DataSpec:
 
 
 data_sources: Registry[Any] = Registry("data source", "data.source")
+
+
+@dataclass
+class ServingBundle:
+    """What MLflow needs to log the best model as a pyfunc that takes raw inputs."""
+
+    python_model: Any
+    artifacts: dict[str, str]
+    input_example: Any
+    output_example: Any
+
+
+class BaseDataModule(pl.LightningDataModule):
+    """The contract every data kind fulfils; run, search and tracking use nothing else.
+
+    Batches are ``{"inputs": {name: tensor}, "target": tensor}``.
+    """
+
+    def prepare(self) -> DataSpec:
+        """Load, check, split and profile the data (no store is touched)."""
+        raise NotImplementedError
+
+    def for_trial(self, option: str | None, *, batch_size: int, num_workers: int) -> DataSpec:
+        """Point the loaders at what one candidate reads; return the spec its builder sees.
+
+        ``option`` is the candidate's input option (e.g. a pretrained tokenizer), or None.
+        """
+        raise NotImplementedError
+
+    def targets(self, split: str) -> torch.Tensor:
+        """The targets of a split, as the family trains on them."""
+        raise NotImplementedError
+
+    def profile_lines(self) -> list[tuple[str, str]]:
+        """The data profile as (label, text) rows for the terminal."""
+        raise NotImplementedError
+
+    def serving_bundle(self, checkpoint: str, family: str, folder: Path) -> ServingBundle:
+        """The pyfunc model for the checkpoint, its artifacts (written under ``folder``) and
+        examples of raw input and output. Call after ``for_trial`` with the best candidate."""
+        raise NotImplementedError
 
 
 def stable_hash(*parts: Any) -> str:

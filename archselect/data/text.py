@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
@@ -16,7 +16,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from archselect.config.errors import ConfigError, DataError
 from archselect.data.base import (
+    BaseDataModule,
     DataSpec,
+    ServingBundle,
     class_balance,
     data_sources,
     stable_hash,
@@ -124,16 +126,15 @@ class _Rows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return self.ids[i], self.labels[i]
 
 
-def pad_batch(
-    rows: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int
-) -> dict[str, torch.Tensor]:
+def pad_batch(rows: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> dict[str, Any]:
     """Pad a batch to its longest row; the mask marks real tokens."""
     lengths = torch.tensor([max(len(r[0]), 1) for r in rows])
     ids = torch.full((len(rows), int(lengths.max())), pad_id, dtype=torch.long)
     for i, (row, _) in enumerate(rows):
         ids[i, : len(row)] = row
     mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.stack([r[1] for r in rows])}
+    return {"inputs": {"input_ids": ids, "attention_mask": mask},
+            "target": torch.stack([r[1] for r in rows])}
 
 
 class LengthBuckets(Sampler[list[int]]):
@@ -177,11 +178,11 @@ class _Collate:
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
-    def __call__(self, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
         return pad_batch(rows, self.pad_id)
 
 
-class TextDataModule(pl.LightningDataModule):
+class TextDataModule(BaseDataModule):
     """Texts and labels: loaded, checked, split, profiled; tokenised on demand and cached.
 
     Args:
@@ -190,8 +191,11 @@ class TextDataModule(pl.LightningDataModule):
         cache_dir: where tokenisers and encoded splits are cached, keyed by a data hash.
     """
 
-    def __init__(self, cfg: dict[str, Any], *, seed: int, cache_dir: str | Path) -> None:
+    def __init__(self, cfg: dict[str, Any], *, seed: int, cache_dir: str | Path,
+                 target_kind: str = "classes") -> None:
         super().__init__()
+        if target_kind != "classes":
+            raise ConfigError("task", "text data supports classification only", given=target_kind)
         self.cfg = cfg
         self.seed = seed
         self.cache_dir = Path(cache_dir)
@@ -369,6 +373,55 @@ class TextDataModule(pl.LightningDataModule):
         tok.save_pretrained(str(tok_dir))
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         return ids, int(pad), int(tok.vocab_size), max_len, str(tok_dir)
+
+    # -- the data-module contract -----------------------------------------------------------
+    def for_trial(self, option: str | None, *, batch_size: int, num_workers: int) -> DataSpec:
+        encoded = self.encode(option)
+        self.use(encoded, batch_size=batch_size, num_workers=num_workers)
+        return replace(self.prepare(), vocab_size=encoded.vocab_size, pad_id=encoded.pad_id,
+                       max_len=encoded.max_len)
+
+    def targets(self, split: str) -> torch.Tensor:
+        self.prepare()
+        return torch.as_tensor(self.labels[split])
+
+    def profile_lines(self) -> list[tuple[str, str]]:
+        prof = self.prepare().profile
+        bal, w = prof["balance"], prof["words_per_text"]
+        return [
+            ("source", str(prof["source"])),
+            ("samples", f"{prof['samples']} (train {prof['splits']['train']}, val "
+             f"{prof['splits']['val']}, test {prof['splits']['test']}); dropped "
+             f"{prof['dropped_rows']} empty rows"),
+            ("classes", f"{prof['classes']}: " + ", ".join(
+                f"{k} {v}" for k, v in bal["counts"].items())
+             + f" (imbalance {bal['imbalance_ratio']}x)"),
+            ("words per text", f"p50 {w['p50']}, p90 {w['p90']}, p95 {w['p95']}, p99 "
+             f"{w['p99']}, max {w['max']}"),
+            ("vocabulary", f"{prof['vocabulary_words']} distinct words in train"),
+        ]
+
+    def serving_bundle(self, checkpoint: str, family: str, folder: Path) -> ServingBundle:
+        from archselect.serving import TextClassifierModel
+
+        enc = self._encoded
+        if enc is None:
+            raise RuntimeError("serving_bundle() needs for_trial() first")
+        meta = folder / "meta.json"
+        meta.write_text(json.dumps({
+            "tokenizer_kind": "wordpiece" if enc.tokenizer_path.endswith(".json") else "pretrained",
+            "max_len": enc.max_len, "pad_id": enc.pad_id, "family": family,
+            "class_names": self.prepare().class_names,
+        }))
+        examples = pd.DataFrame({"text": self.texts["test"][:3]})
+        names = self.prepare().class_names
+        output = pd.DataFrame({"label": [names[0]] * len(examples),
+                               "probability": [1.0] * len(examples)})
+        return ServingBundle(
+            python_model=TextClassifierModel(),
+            artifacts={"checkpoint": checkpoint, "tokenizer": enc.tokenizer_path, "meta": str(meta)},
+            input_example=examples, output_example=output,
+        )
 
     # -- Lightning ------------------------------------------------------------------------
     def use(self, encoded: Encoded, *, batch_size: int, num_workers: int = 0) -> TextDataModule:

@@ -6,7 +6,7 @@ import re
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -191,11 +191,9 @@ class Objective:
         start = time.monotonic()
         trainer = None
         try:
-            encoded = self.datamodule.encode(cand.tokenizer)
-            dm = self.datamodule.use(encoded, batch_size=int(optim["batch_size"]),
-                                     num_workers=int(self.cfg.trainer.num_workers))
-            spec = replace(self.spec, vocab_size=encoded.vocab_size, pad_id=encoded.pad_id,
-                           max_len=encoded.max_len)
+            dm = self.datamodule
+            spec = dm.for_trial(cand.option, batch_size=int(optim["batch_size"]),
+                                num_workers=int(self.cfg.trainer.num_workers))
             pl.seed_everything(int(self.cfg.seed) + trial.number, workers=True, verbose=False)
             module = self.family_cls(
                 arch=cand.name, arch_kwargs=model_kw,
@@ -218,7 +216,7 @@ class Objective:
             if bool(self.cfg.trainer.progress_bar):
                 callbacks.append(StudyProgressBar(self.done, int(self.cfg.search.n_trials),
                                                   self.deadline))
-            n_batches = max(len(encoded.ids["train"]) // int(optim["batch_size"]), 1)
+            n_batches = max(len(dm.train_dataloader()), 1)
             limit = self.cfg.trainer.limit_train_batches
             trainer = pl.Trainer(
                 max_epochs=cand.max_epochs, accelerator=self.hw.accelerator,

@@ -1,0 +1,84 @@
+"""What every task family shares: building from names, the optimiser, the batch format.
+
+A batch is ``{"inputs": {name: tensor}, "target": tensor}``; the architecture is called as
+``model(**batch["inputs"])``, so families know nothing about text, images or tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from archselect.architectures import build
+from archselect.data.base import DataSpec
+
+
+class FamilyModule(pl.LightningModule):
+    #: what the family's targets are: ``"classes"`` or ``"continuous"``
+    target_kind = "classes"
+
+    """Any registered architecture, built from names and plain values only.
+
+    ``save_hyperparameters`` records everything, so ``load_from_checkpoint`` rebuilds the model.
+
+    Args:
+        arch: registry name of the architecture.
+        arch_kwargs: the builder's keyword arguments.
+        optim: ``lr`` and ``weight_decay`` for AdamW (cosine-annealed over ``max_epochs``).
+        spec: the DataSpec as a dict.
+        max_epochs: length of the learning-rate schedule.
+    """
+
+    def __init__(self, arch: str, arch_kwargs: dict[str, Any], optim: dict[str, Any],
+                 spec: dict[str, Any], max_epochs: int) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = DataSpec(**spec)
+        self.model: nn.Module = build(arch, self.spec, **arch_kwargs)
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**inputs)
+
+    def outputs(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self(**batch["inputs"])
+
+    def check_loss(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at step {self.global_step}")
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=float(self.hparams["optim"]["lr"]),
+                                weight_decay=float(self.hparams["optim"]["weight_decay"]))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(int(self.hparams["max_epochs"]), 1)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    # -- what the finish step asks of a family ------------------------------------------------
+    @staticmethod
+    def decode(outputs: torch.Tensor) -> torch.Tensor:
+        """Model outputs -> predictions (class indices, or values)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def evaluate(preds: torch.Tensor, targets: torch.Tensor, spec: DataSpec) -> dict[str, float]:
+        """Test metrics of predictions."""
+        raise NotImplementedError
+
+    @staticmethod
+    def trivial(train_targets: torch.Tensor, n: int, spec: DataSpec) -> tuple[str, torch.Tensor]:
+        """The trivial baseline's name and its ``n`` predictions."""
+        raise NotImplementedError
+
+    @staticmethod
+    def figures(preds: torch.Tensor, targets: torch.Tensor, spec: DataSpec) -> dict[str, Any]:
+        """Matplotlib figures of the best model on the test split, by artifact name."""
+        return {}
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        # Loaders may group rows by length, so predictions travel with their targets.
+        return {"preds": self.decode(self.outputs(batch)), "targets": batch["target"]}

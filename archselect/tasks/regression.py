@@ -1,0 +1,90 @@
+"""The regression family: MSE loss on standardised targets; RMSE, MAE and R^2 in target units."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import MeanAbsoluteError, MeanSquaredError
+
+from archselect.data.base import DataSpec
+from archselect.tasks import families
+from archselect.tasks.base import FamilyModule
+
+
+@families.register("regression")
+class RegressionModule(FamilyModule):
+    """Any registered architecture with one output, trained to predict a number.
+
+    Targets arrive standardised with training-split statistics (``spec.target_mean`` /
+    ``spec.target_std``); metrics and predictions are reported back in the target's own units.
+    """
+
+    target_kind = "continuous"
+
+    def __init__(self, arch: str, arch_kwargs: dict[str, Any], optim: dict[str, Any],
+                 spec: dict[str, Any], max_epochs: int) -> None:
+        super().__init__(arch, arch_kwargs, optim, spec, max_epochs)
+        self.loss = nn.MSELoss()
+        self.val_rmse = MeanSquaredError(squared=False)
+        self.val_mae = MeanAbsoluteError()
+
+    def _units(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.spec.target_std + self.spec.target_mean
+
+    def outputs(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self(**batch["inputs"]).reshape(-1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        pred, y = self.outputs(batch), batch["target"]
+        loss = self.loss(pred, y)
+        self.check_loss(loss)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        pred, y = self.outputs(batch), batch["target"]
+        self.val_rmse(self._units(pred), self._units(y))
+        self.val_mae(self._units(pred), self._units(y))
+        self.log("val_loss", self.loss(pred, y), batch_size=len(y))
+        self.log("val_rmse", self.val_rmse, batch_size=len(y))
+        self.log("val_mae", self.val_mae, batch_size=len(y))
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"preds": self._units(self.outputs(batch)), "targets": self._units(batch["target"])}
+
+    @staticmethod
+    def decode(outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.reshape(-1)
+
+    @staticmethod
+    def evaluate(preds: torch.Tensor, targets: torch.Tensor, spec: DataSpec) -> dict[str, float]:
+        from torchmetrics.functional import mean_absolute_error, mean_squared_error, r2_score
+
+        return {"rmse": float(mean_squared_error(preds, targets, squared=False)),
+                "mae": float(mean_absolute_error(preds, targets)),
+                "r2": float(r2_score(preds, targets))}
+
+    @staticmethod
+    def trivial(train_targets: torch.Tensor, n: int, spec: DataSpec) -> tuple[str, torch.Tensor]:
+        return "mean predictor", torch.full((n,), float(train_targets.float().mean()))
+
+    @staticmethod
+    def figures(preds: torch.Tensor, targets: torch.Tensor, spec: DataSpec) -> dict[str, Any]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 6))
+        ax.scatter(targets.numpy(), preds.numpy(), s=12, alpha=0.7)
+        lo = float(min(targets.min(), preds.min()))
+        hi = float(max(targets.max(), preds.max()))
+        ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", label="perfect")
+        ax.set_xlabel("actual")
+        ax.set_ylabel("predicted")
+        ax.set_title("Predicted vs actual (test split, best model)")
+        ax.legend()
+        fig.tight_layout()
+        return {"plots/predicted_vs_actual.png": fig}

@@ -1,0 +1,114 @@
+"""The tabular rows: loaders, the Perceptron, and a short study per row on real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from archselect.config.errors import DataError
+from archselect.data.tabular import TabularDataModule
+from archselect.run import run
+from archselect.tasks.classification import ClassificationModule
+
+
+def table_cfg(path: Path, target: str, **extra: object) -> dict[str, object]:
+    return {"source": "file", "name": "csv", "path": str(path), "format": "auto",
+            "target": target, "max_samples": None, "val_fraction": 0.2, "test_fraction": 0.2,
+            **extra}
+
+
+def mixed_csv(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    n = 200
+    size = rng.normal(10, 3, n)
+    colour = rng.choice(["red", "green", "blue"], n)
+    label = np.where(size + (colour == "red") * 4 > 11, "big", "small")
+    frame = pd.DataFrame({"size": size.round(3), "colour": colour, "label": label})
+    frame.loc[::17, "size"] = np.nan  # missing numbers are imputed
+    frame.loc[::23, "colour"] = None  # missing categories are a level of their own
+    path = tmp_path / "table.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_csv_columns_are_detected_imputed_and_encoded(tmp_path: Path) -> None:
+    dm = TabularDataModule(table_cfg(mixed_csv(tmp_path), "label"), seed=0, cache_dir=tmp_path)
+    spec = dm.prepare()
+    assert dm.numeric == ["size"] and dm.categorical == ["colour"]
+    assert spec.class_names == ["big", "small"]
+    assert spec.n_features == 1 + 4  # size + one-hot(red, green, blue, <missing>)
+    assert not np.isnan(dm.x["train"]).any()
+    assert abs(float(dm.x["train"][:, 0].mean())) < 1e-5  # standardised on the train split
+    unseen = pd.DataFrame({"size": [9.0], "colour": ["purple"]})
+    encoded = dm.preprocessor.transform(unseen)
+    assert encoded.shape == (1, 5) and encoded[0, 1:].sum() == 0  # unseen level: all zeros
+    assert spec.profile["missing_share"] > 0
+
+
+def test_a_continuous_target_is_not_taken_for_classes(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"x": np.arange(300.0), "y": np.arange(300.0) * 1.5 + 0.25})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataError, match=r"data.target: column 'y' looks continuous.*tabular_regression"):
+        TabularDataModule(table_cfg(tmp_path / "t.csv", "y"), seed=0, cache_dir=tmp_path).prepare()
+
+
+def test_perceptron_separates_a_linearly_separable_set(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (240, 2))
+    keep = np.abs(x[:, 0] + 0.5 * x[:, 1]) > 0.1  # a margin around the boundary
+    x = x[keep]
+    label = np.where(x[:, 0] + 0.5 * x[:, 1] > 0, "up", "down")
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "label": label}).to_csv(tmp_path / "s.csv",
+                                                                      index=False)
+    dm = TabularDataModule(table_cfg(tmp_path / "s.csv", "label"), seed=0, cache_dir=tmp_path)
+    spec = dm.for_trial(None, batch_size=16, num_workers=0)
+    pl.seed_everything(0, verbose=False)
+    module = ClassificationModule("perceptron", {}, {"lr": 0.05, "weight_decay": 0.0},
+                                  spec.to_dict(), max_epochs=40)
+    trainer = pl.Trainer(max_epochs=40, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    with torch.no_grad():
+        preds = module(x=torch.as_tensor(dm.x["train"])).argmax(-1).numpy()
+    assert (preds == dm.y["train"]).mean() == 1.0
+
+
+def test_tabular_classification_study_and_served_model(make_cfg, tmp_path: Path) -> None:
+    result = run(make_cfg("task=tabular_classification", "data=iris", "search.n_trials=3",
+                          "search.max_epochs=25", "search.patience=25"))
+    archs = {r.arch for r in result.outcome.records}
+    assert archs >= {"perceptron", "mlp"}
+    assert result.test_metrics["accuracy"] > result.baseline_metrics["accuracy"] + 0.3
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    model = mlflow.pyfunc.load_model("models:/archselect-tabular_classification/1")
+    from sklearn.datasets import load_iris
+
+    raw = load_iris(as_frame=True).frame.drop(columns="target").iloc[[0, 75, 149]]
+    out = model.predict(raw)
+    assert set(out["label"]) <= {"setosa", "versicolor", "virginica"}
+    assert out["label"].iloc[0] == "setosa"
+
+
+def test_tabular_regression_study_reports_rmse_mae_r2(make_cfg, tmp_path: Path) -> None:
+    result = run(make_cfg("task=tabular_regression", "search.n_trials=2", "search.max_epochs=30"))
+    assert set(result.test_metrics) == {"rmse", "mae", "r2"}
+    assert result.baseline_name == "mean predictor"
+    assert result.test_metrics["rmse"] < result.baseline_metrics["rmse"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert result.parent_run_id
+    plots = {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
+    assert "plots/predicted_vs_actual.png" in plots
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    model = mlflow.pyfunc.load_model("models:/archselect-tabular_regression/1")
+    from sklearn.datasets import load_diabetes
+
+    out = model.predict(load_diabetes(as_frame=True).frame.drop(columns="target").head(4))
+    assert list(out.columns) == ["prediction"] and out["prediction"].between(0, 500).all()
