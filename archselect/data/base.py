@@ -11,6 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from archselect.config.errors import ConfigError, DataError
 from archselect.registry import Registry
@@ -93,6 +94,20 @@ class BaseDataModule(pl.LightningDataModule):
         """The pyfunc model for the checkpoint, its artifacts (written under ``folder``) and
         examples of raw input and output. Call after ``for_trial`` with the best candidate."""
         raise NotImplementedError
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
+        """The loader of one split, as set up by the last ``for_trial``."""
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        return self._loader("test", False)
+
 
 
 def stable_hash(*parts: Any) -> str:

@@ -262,15 +262,6 @@ class TabularDataModule(BaseDataModule):
         return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
                           collate_fn=_collate, num_workers=self.num_workers)
 
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test", False)
-
 
 def _collate(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
     return {"inputs": {"x": torch.stack([r[0] for r in rows])},

@@ -443,12 +443,3 @@ class TextDataModule(BaseDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test", False)
-
