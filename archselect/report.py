@@ -33,7 +33,7 @@ def selection_markdown(report: dict[str, Any]) -> str:
     for i, c in enumerate(sel["candidates"], 1):
         lines.append(f"{i}. **{c['name']}** (max {c['max_epochs']} epochs): " + "; ".join(c["reasons"]))
         for k, v in c["space"].items():
-            lines.append(f"   - `{k}`: {v} (baseline {({**c['model'], **c['optim']})[k]})")
+            lines.append(f"   - `{k}`: {v} (baseline {({**c['model'], **c['optim'], **c['data']})[k]})")
     if sel["dropped"]:
         lines += ["", "## Dropped", ""]
         lines += [f"- {k}: {v}" for k, v in sel["dropped"].items()]

@@ -277,7 +277,8 @@ def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile
     tracker.set_tags(tracker.parent_id, {"archselect.best_arch": best.arch,
                                          "archselect.best_trial": best.number,
                                          "archselect.baseline": result.baseline_name})
-    for name, fig in family_cls.figures(preds, targets, spec).items():
+    figures = {**family_cls.figures(preds, targets, spec), **dm.extra_figures(preds, targets)}
+    for name, fig in figures.items():
         tracker.log_figure(fig, name)
         plt.close(fig)
 

@@ -11,7 +11,7 @@ from archselect.data.base import DataSpec
 from archselect.hardware import HardwareProfile
 from archselect.search.space import Param, parse_param
 
-ARCH_KEYS = {"description", "why", "input", "model", "optim", "space"}
+ARCH_KEYS = {"description", "why", "input", "model", "optim", "data", "space"}
 OPTIM_KEYS = ("lr", "weight_decay", "batch_size")
 
 
@@ -25,6 +25,7 @@ class Candidate:
     input: str
     model: dict[str, Any]
     optim: dict[str, Any]
+    data: dict[str, Any]
     space: dict[str, Param]
     max_epochs: int
     reasons: list[str] = field(default_factory=list)
@@ -32,14 +33,16 @@ class Candidate:
 
     def defaults(self) -> dict[str, Any]:
         """Values of the searched parameters in the baseline trial."""
-        merged = {**self.model, **self.optim}
+        merged = {**self.model, **self.optim, **self.data}
         return {k: merged[k] for k in self.space}
 
-    def split(self, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Apply suggested values; return (builder kwargs, optimiser settings)."""
+    def split(self, values: dict[str, Any]
+              ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Apply suggested values; return (builder kwargs, optimiser settings, data settings)."""
         model = {**self.model, **{k: v for k, v in values.items() if k in self.model}}
         optim = {**self.optim, **{k: v for k, v in values.items() if k in self.optim}}
-        return model, optim
+        data = {**self.data, **{k: v for k, v in values.items() if k in self.data}}
+        return model, optim, data
 
 
 @dataclass
@@ -95,11 +98,12 @@ def _arch_config(cfg: Any, name: str) -> dict[str, Any]:
 def _candidate(cfg: Any, name: str, max_epochs: int) -> Candidate:
     node = _arch_config(cfg, name)
     key = f"arch.{name}"
-    for part in ("model", "optim", "space"):
+    for part in ("model", "optim", "data", "space"):
         if not isinstance(node.get(part) or {}, dict):
             raise ConfigError(f"{key}.{part}", "must be a mapping", given=node.get(part),
                               fix=f"set keys below it, e.g. {key}.{part}.<name>=<value>")
     model, optim = dict(node.get("model") or {}), dict(node.get("optim") or {})
+    data = dict(node.get("data") or {})
     check_hparams(name, model, f"{key}.model")
     for k in optim:
         if k not in OPTIM_KEYS:
@@ -115,11 +119,11 @@ def _candidate(cfg: Any, name: str, max_epochs: int) -> Candidate:
                           given=optim["batch_size"])
     space: dict[str, Param] = {}
     for pname, spec in (node.get("space") or {}).items():
-        if pname not in model and pname not in optim:
+        if pname not in model and pname not in optim and pname not in data:
             raise ConfigError(f"{key}.space.{pname}", "searches a parameter that is not in "
-                              "model or optim", given=pname, allowed=[*model, *optim])
+                              "model, optim or data", given=pname, allowed=[*model, *optim, *data])
         param = parse_param(pname, spec, f"{key}.space.{pname}")
-        default = {**model, **optim}[pname]
+        default = {**model, **optim, **data}[pname]
         if not param.contains(default):
             raise ConfigError(f"{key}.space.{pname}", f"range {param.describe()} does not contain "
                               "the default", given=default, fix="widen the range or change the default")
@@ -130,7 +134,7 @@ def _candidate(cfg: Any, name: str, max_epochs: int) -> Candidate:
                           allowed=[expected_input])
     return Candidate(name=name, description=str(node.get("description", "")),
                      why=str(node.get("why", "")), input=str(node["input"]), model=model,
-                     optim=optim, space=space, max_epochs=max_epochs)
+                     optim=optim, data=data, space=space, max_epochs=max_epochs)
 
 
 def _reason(c: Candidate, first: bool, spec: DataSpec) -> str:
@@ -143,6 +147,7 @@ def _reason(c: Candidate, first: bool, spec: DataSpec) -> str:
         "words_p50": words.get("p50"), "words_p95": words.get("p95"),
         "words_p99": words.get("p99"), "encoder": c.model.get("encoder", ""),
         "n_features": spec.n_features,
+        "image_side": spec.input_shape[-1] if spec.input_shape else None,
     }
     try:
         why = c.why.format(**values) if c.why else c.description
@@ -184,11 +189,26 @@ def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
                 names.remove(name)
                 dropped[name] = (f"only {n_train} training samples (< {small.min_train_samples}): "
                                  "too few to train it from scratch")
+    tiny = rules.get("tiny_images")
+    tiny_fixed: dict[str, Any] = {}
+    if tiny is not None and len(spec.input_shape) == 3 and max(spec.input_shape[1:]) <= int(
+            tiny.max_side):
+        side = f"{spec.input_shape[1]}x{spec.input_shape[2]}"
+        for name in tiny.drop:
+            if name in names and asked is None and len(names) > 1:
+                names.remove(name)
+                dropped[name] = (f"images are tiny ({side} <= {tiny.max_side} px): too small "
+                                 "for its depth and downsampling")
+        tiny_fixed = {k: dict(v) for k, v in (tiny.get("fixed") or {}).items()}
     max_epochs = int(cfg.search.max_epochs)
     candidates = []
     for i, name in enumerate(names):
         cand = _candidate(cfg, name, max_epochs)
         cand.reasons.append(_reason(cand, i == 0, spec))
+        for k, v in tiny_fixed.get(name, {}).items():
+            cand.model[k] = v
+            cand.space.pop(k, None)
+            cand.reasons.append(f"tiny images: {k} fixed at {v}, the search space shrinks")
         if not hw.has_gpu:
             fixed = dict(rules.no_gpu.fixed.get(name, {}) or {})
             for k, v in fixed.items():
@@ -199,6 +219,10 @@ def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
             if cap is not None and int(cap) < cand.max_epochs:
                 cand.max_epochs = int(cap)
                 cand.reasons.append(f"no GPU: at most {cap} epochs")
+        if "weights_path" in cand.model:
+            weights = cand.model["weights_path"]
+            cand.reasons.append(f"starts from the weights in {weights}" if weights else
+                                "no weights_path: trained from scratch")
         resolve = architectures.meta(name).get("resolve")
         if resolve is not None:  # e.g. a pretrained encoder: found offline now, or a clear error
             cand.option = resolve(cand.model)

@@ -142,3 +142,50 @@ class TabularModel(PythonModel):
         names = self.meta["class_names"]
         return pd.DataFrame({"label": [names[int(i)] for i in idx],
                              "probability": [round(float(c), 4) for c in conf]})
+
+
+class ImageModel(PythonModel):
+    """Serves an image classifier: a DataFrame whose ``image`` column holds uint8 arrays
+    (H x W or H x W x C, as nested lists or arrays), any size; resized to the training size
+    and normalised with the training statistics. Returns label and probability."""
+
+    def load_context(self, context: Any) -> None:
+        from archselect.tasks import families
+
+        with open(context.artifacts["meta"]) as fh:
+            self.meta = json.loads(fh.read())
+        self.module = families.get(self.meta["family"]).load_from_checkpoint(
+            context.artifacts["checkpoint"], map_location="cpu").eval()
+
+    def _tensor(self, image: Any) -> Any:
+        import numpy as np
+        import torch
+        from torchvision.transforms.v2 import functional as tvf
+
+        c, h, w = self.meta["shape"]
+        arr = np.asarray(image, dtype=np.uint8)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        t = torch.as_tensor(arr).permute(2, 0, 1)
+        if t.shape[0] != c:  # grey <-> colour
+            t = t.float().mean(0, keepdim=True).to(torch.uint8) if c == 1 else t.expand(c, -1, -1)
+        t = tvf.resize(t, [h, w], antialias=True)
+        mean = torch.tensor(self.meta["mean"])[:, None, None]
+        std = torch.tensor(self.meta["std"])[:, None, None]
+        return (t.float() / 255.0 - mean) / std
+
+    def predict(self, context, model_input, params=None):
+        import torch
+
+        if isinstance(model_input, pd.DataFrame):
+            images = model_input["image" if "image" in model_input.columns
+                                 else model_input.columns[0]].tolist()
+        else:
+            images = list(model_input)
+        x = torch.stack([self._tensor(img) for img in images])
+        with torch.inference_mode():
+            p = torch.softmax(self.module(x=x), -1)
+        conf, idx = p.max(-1)
+        names = self.meta["class_names"]
+        return pd.DataFrame({"label": [names[int(i)] for i in idx],
+                             "probability": [round(float(v), 4) for v in conf]})

@@ -23,7 +23,18 @@ def tokens(spec: DataSpec) -> dict[str, torch.Tensor]:
 
 
 def features(spec: DataSpec) -> dict[str, torch.Tensor]:
+    if spec.input_shape:  # images reach the MLP as [B, C, H, W]
+        return {"x": torch.randn(4, *spec.input_shape)}
     return {"x": torch.randn(4, spec.n_features)}
+
+
+def images(spec: DataSpec) -> dict[str, torch.Tensor]:
+    return {"x": torch.randn(4, *spec.input_shape)}
+
+
+IMAGE_SPECS = [DataSpec(kind="image", num_classes=10, class_names=[str(i) for i in range(10)],
+                        n_features=c * h * w, input_shape=[c, h, w])
+               for c, h, w in ((1, 8, 8), (1, 28, 28), (3, 32, 32))]
 
 
 # input kind -> (specs it claims, a batch of 4 for a spec)
@@ -33,7 +44,9 @@ INPUTS: dict[str, tuple[list[DataSpec], Any]] = {
     "pretrained": ([DataSpec(kind="text", num_classes=3, class_names=["a", "b", "c"])], tokens),
     "features": ([DataSpec(kind="tabular", num_classes=3, class_names=["a", "b", "c"],
                            n_features=7),
-                  DataSpec(kind="tabular", num_classes=0, n_features=5)], features),
+                  DataSpec(kind="tabular", num_classes=0, n_features=5), *IMAGE_SPECS],
+                 features),
+    "image": (IMAGE_SPECS, images),
 }
 
 
@@ -48,7 +61,8 @@ def test_builds_from_yaml_defaults_with_right_output_shape(make_cfg, name: str) 
     assert kind in INPUTS, f"no test inputs for input kind {kind!r}"
     specs, make_inputs = INPUTS[kind]
     for spec in specs:
-        model = build(name, spec, **model_kw)
+        model = build(name, spec, **model_kw).eval() if kind == "image" else build(
+            name, spec, **model_kw)
         out = model(**make_inputs(spec))
         assert out.shape == (4, max(spec.num_classes, 1))
         assert torch.isfinite(out).all()

@@ -29,7 +29,8 @@ def test_every_task_composes_and_is_in_the_table(make_cfg, task: str) -> None:
 
 @pytest.mark.parametrize("data", DATA)
 def test_every_data_choice_composes(make_cfg, data: str) -> None:
-    cfg = make_cfg(f"data={data}", "data.path=x.csv" if data in ("csv", "jsonl") else "seed=1")
+    cfg = make_cfg(f"data={data}",
+                   "data.path=x" if data in ("csv", "jsonl", "image_folder") else "seed=1")
     assert cfg.data.source
     OmegaConf.to_container(cfg, resolve=True)
 
@@ -57,7 +58,8 @@ def test_available_rows_have_arch_configs_and_builders(make_cfg) -> None:
                 assert cand in architectures, (task, cand)
 
 
-BUILT = {"text_classification", "tabular_classification", "tabular_regression"}
+BUILT = {"text_classification", "tabular_classification", "tabular_regression",
+         "image_classification"}
 
 
 @pytest.mark.parametrize("task", sorted(set(TASKS) - BUILT))
@@ -66,8 +68,8 @@ def test_rows_not_built_yet_fail_clearly(make_cfg, task: str) -> None:
     assert msg is not None and "not available yet" in msg
     cfg = make_cfg(f"task={task}", cheap=False)
     with pytest.raises(ConfigError, match=rf"task: task '{task}' is declared in the table but "
-                       "not available yet.*tabular_classification, tabular_regression, "
-                       "text_classification"):
+                       "not available yet.*image_classification, tabular_classification, "
+                       "tabular_regression, text_classification"):
         run(cfg)
     with pytest.raises(ConfigError):
         table_row(cfg)

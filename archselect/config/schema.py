@@ -105,6 +105,26 @@ class FileDataConfig(DataConfig):
 
 
 @dataclass
+class ImageDataConfig:
+    """Bundled image sets (the label is part of the set: no target column)."""
+
+    source: str = MISSING
+    name: str = MISSING
+    max_samples: int | None = MISSING
+    val_fraction: float = MISSING
+    test_fraction: float = MISSING
+
+
+@dataclass
+class ImageFolderConfig(ImageDataConfig):
+    """A folder of class sub-folders."""
+
+    path: str = MISSING
+    image_size: int = MISSING
+    channels: int = MISSING
+
+
+@dataclass
 class TextDataConfig(DataConfig):
     """Text sources: the text column and the tokenizer options."""
 

@@ -14,6 +14,8 @@ from archselect.config.schema import (
     DataConfig,
     FileDataConfig,
     FileTextDataConfig,
+    ImageDataConfig,
+    ImageFolderConfig,
     TextDataConfig,
 )
 
@@ -23,6 +25,9 @@ DATA_SCHEMAS: dict[tuple[str, str], type] = {
     ("text", "file"): FileTextDataConfig,
     ("tabular", "sklearn"): DataConfig,
     ("tabular", "file"): FileDataConfig,
+    ("image", "digits"): ImageDataConfig,
+    ("image", "fashion_mnist"): ImageDataConfig,
+    ("image", "image_folder"): ImageFolderConfig,
 }
 
 

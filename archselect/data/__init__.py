@@ -9,10 +9,13 @@ from archselect.registry import Registry
 
 datamodules: Registry[Any] = Registry("data kind", "data.source")
 
+from archselect.data.image import ImageDataModule  # noqa: E402
 from archselect.data.tabular import TabularDataModule  # noqa: E402
 from archselect.data.text import TextDataModule  # noqa: E402
 
 datamodules.register("text")(TextDataModule)
 datamodules.register("tabular")(TabularDataModule)
+datamodules.register("image")(ImageDataModule)
 
-__all__ = ["DataSpec", "TabularDataModule", "TextDataModule", "data_sources", "datamodules"]
+__all__ = ["DataSpec", "ImageDataModule", "TabularDataModule", "TextDataModule", "data_sources",
+           "datamodules"]

@@ -42,6 +42,7 @@ class DataSpec:
     pad_id: int = 0
     max_len: int = 0
     n_features: int = 0
+    input_shape: list[int] = field(default_factory=list)
     target_mean: float = 0.0
     target_std: float = 1.0
     data_hash: str = ""
@@ -75,12 +76,18 @@ class BaseDataModule(pl.LightningDataModule):
         """Load, check, split and profile the data (no store is touched)."""
         raise NotImplementedError
 
-    def for_trial(self, option: str | None, *, batch_size: int, num_workers: int) -> DataSpec:
+    def for_trial(self, option: str | None, *, batch_size: int, num_workers: int,
+                  **data_opts: Any) -> DataSpec:
         """Point the loaders at what one candidate reads; return the spec its builder sees.
 
-        ``option`` is the candidate's input option (e.g. a pretrained tokenizer), or None.
+        ``option`` is the candidate's input option (e.g. a pretrained tokenizer), or None;
+        ``data_opts`` are the trial's data settings (e.g. augmentation strength).
         """
         raise NotImplementedError
+
+    def extra_figures(self, preds: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """Pictures of the best model's test predictions that only this data kind can draw."""
+        return {}
 
     def targets(self, split: str) -> torch.Tensor:
         """The targets of a split, as the family trains on them."""

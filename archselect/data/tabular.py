@@ -191,7 +191,11 @@ class TabularDataModule(BaseDataModule):
         return frame.iloc[np.sort(keep)].reset_index(drop=True)
 
     # -- the data-module contract -----------------------------------------------------------
-    def for_trial(self, option: str | None, *, batch_size: int, num_workers: int) -> DataSpec:
+    def for_trial(self, option: str | None, *, batch_size: int, num_workers: int,
+                  **data_opts: Any) -> DataSpec:
+        if data_opts:
+            raise ConfigError("arch.<name>.data", f"{self.prepare().kind} data takes no trial "
+                              "data settings", given=sorted(data_opts))
         self.batch_size = batch_size
         self.num_workers = num_workers
         return self.prepare()

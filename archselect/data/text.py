@@ -375,7 +375,11 @@ class TextDataModule(BaseDataModule):
         return ids, int(pad), int(tok.vocab_size), max_len, str(tok_dir)
 
     # -- the data-module contract -----------------------------------------------------------
-    def for_trial(self, option: str | None, *, batch_size: int, num_workers: int) -> DataSpec:
+    def for_trial(self, option: str | None, *, batch_size: int, num_workers: int,
+                  **data_opts: Any) -> DataSpec:
+        if data_opts:
+            raise ConfigError("arch.<name>.data", f"{self.prepare().kind} data takes no trial "
+                              "data settings", given=sorted(data_opts))
         encoded = self.encode(option)
         self.use(encoded, batch_size=batch_size, num_workers=num_workers)
         return replace(self.prepare(), vocab_size=encoded.vocab_size, pad_id=encoded.pad_id,

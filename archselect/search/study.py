@@ -179,12 +179,13 @@ class Objective:
         arch = trial.suggest_categorical("arch", list(self.candidates))
         cand = self.candidates[str(arch)]
         values = suggest(trial, cand.name, cand.space)
-        model_kw, optim = cand.split(values)
+        model_kw, optim, data_opts = cand.split(values)
         trial.set_user_attr("max_epochs", cand.max_epochs)
         run_id = self.tracker.start_trial(
             self.study_name, trial.number, cand.name,
             {**{f"model.{k}": v for k, v in model_kw.items()},
-             **{f"optim.{k}": v for k, v in optim.items()}, "max_epochs": cand.max_epochs},
+             **{f"optim.{k}": v for k, v in optim.items()},
+             **{f"data.{k}": v for k, v in data_opts.items()}, "max_epochs": cand.max_epochs},
         )
         monitor = str(self.cfg.task.monitor)
         mode = "max" if str(self.cfg.task.direction) == "maximize" else "min"
@@ -193,7 +194,7 @@ class Objective:
         try:
             dm = self.datamodule
             spec = dm.for_trial(cand.option, batch_size=int(optim["batch_size"]),
-                                num_workers=int(self.cfg.trainer.num_workers))
+                                num_workers=int(self.cfg.trainer.num_workers), **data_opts)
             pl.seed_everything(int(self.cfg.seed) + trial.number, workers=True, verbose=False)
             module = self.family_cls(
                 arch=cand.name, arch_kwargs=model_kw,

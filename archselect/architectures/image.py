@@ -1,0 +1,105 @@
+"""Image classifiers. Every forward takes ``x`` [B, C, H, W] (normalised floats)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from archselect.config.errors import ConfigError
+from archselect.data.base import DataSpec
+
+
+def _register(name: str, **meta: object) -> Any:
+    from archselect.architectures import architectures
+
+    return architectures.register(name, **meta)
+
+
+def _shape(spec: DataSpec) -> tuple[int, int, int]:
+    if len(spec.input_shape) != 3:
+        raise ConfigError("data", "image architectures need [C, H, W] images", given=spec.input_shape)
+    c, h, w = spec.input_shape
+    return int(c), int(h), int(w)
+
+
+def _load_weights(model: nn.Module, path: str | None, key: str) -> None:
+    """Load a local state dict where shapes match (the stem and head may differ)."""
+    if not path:
+        return
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(key, "weights file not found", given=path, fix="give a local .pth file")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fitting:
+        raise ConfigError(key, "no tensor in the file fits this architecture", given=path)
+    model.load_state_dict(fitting, strict=False)
+
+
+class SmallCNN(nn.Module):
+    """Three blocks of conv 3x3 -> batch norm -> ReLU -> 2x2 max-pool, then a dropout FC head."""
+
+    def __init__(self, channels: int, num_classes: int, width: int, head_size: int,
+                 dropout: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = channels
+        for mult in (1, 2, 4):
+            layers += [nn.Conv2d(c_in, width * mult, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(width * mult), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2, ceil_mode=True)]
+            c_in = width * mult
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(dropout),
+                                  nn.Linear(c_in, head_size), nn.ReLU(inplace=True),
+                                  nn.Dropout(dropout), nn.Linear(head_size, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@_register("cnn", input="image")
+def cnn(spec: DataSpec, *, width: int, head_size: int, dropout: float) -> nn.Module:
+    """The three-block CNN (channel widths ``width``, 2x, 4x)."""
+    c, _, _ = _shape(spec)
+    return SmallCNN(c, spec.num_classes, width, head_size, dropout)
+
+
+@_register("resnet", input="image")
+def resnet(spec: DataSpec, *, depth: int, weights_path: str | None) -> nn.Module:
+    """torchvision's ResNet (BasicBlock), its stem adapted to small images and any channels."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    layers = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
+    if depth not in layers:
+        raise ConfigError("arch.resnet.model.depth", "unsupported depth", given=depth,
+                          allowed=list(layers))
+    c, h, w = _shape(spec)
+    model = ResNet(BasicBlock, layers[depth], num_classes=spec.num_classes)
+    _load_weights(model, weights_path, "arch.resnet.model.weights_path")
+    # Small images keep their resolution: a 3x3 stem, stride 1 up to 16 px, and no max-pool.
+    stride = 1 if min(h, w) <= 16 else 2
+    model.conv1 = nn.Conv2d(c, 64, kernel_size=3, stride=stride, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+@_register("efficientnet", input="image")
+def efficientnet(spec: DataSpec, *, width_mult: float, depth_mult: float, dropout: float,
+                 weights_path: str | None) -> nn.Module:
+    """torchvision's EfficientNet at a chosen width and depth, its stem adapted to the input."""
+    from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
+
+    c, h, w = _shape(spec)
+    setting, last = _efficientnet_conf("efficientnet_b0", width_mult=width_mult,
+                                       depth_mult=depth_mult)
+    model = EfficientNet(setting, dropout, last_channel=last, num_classes=spec.num_classes)
+    _load_weights(model, weights_path, "arch.efficientnet.model.weights_path")
+    first: Any = model.features[0]
+    first[0] = nn.Conv2d(c, first[0].out_channels, 3, stride=1 if min(h, w) <= 16 else 2,
+                         padding=1, bias=False)
+    return model
