@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from rich.console import Console
 
-from archselect.config.errors import ArchselectError, ConfigError
+from archselect.config.errors import ArchselectError, ConfigError, ContinuousTarget
 from archselect.config.validate import validate
 from archselect.data.base import DataSpec
 from archselect.hardware import HardwareProfile, profile_hardware
@@ -113,10 +113,29 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     dm = datamodules.get(kind)(data_cfg, seed=int(cfg.seed), cache_dir=runs_dir / "cache",
                                target_kind=family_cls.target_kind)
+    switched = None
     with console.status("Loading and profiling the data..."):
-        spec = dm.prepare()
+        try:
+            spec = dm.prepare()
+        except ContinuousTarget as exc:
+            rule = cfg.selector.rules.get("continuous_target")
+            if rule is None or str(cfg.task.name) != str(rule["from"]):
+                raise
+            # The table's rule: such a target selects the regression row by itself.
+            switched = (f"{cfg.task.name} -> {rule.to}: {str(exc).split('; fix')[0]}; "
+                        f"monitoring {rule.monitor} ({rule.direction})")
+            with open_dict(cfg):
+                cfg.task.name, cfg.task.monitor = str(rule.to), str(rule.monitor)
+                cfg.task.direction = str(rule.direction)
+            row = table_row(cfg)
+            family_cls = families.get(row["family"])
+            dm = datamodules.get(kind)(data_cfg, seed=int(cfg.seed), cache_dir=runs_dir / "cache",
+                                       target_kind=family_cls.target_kind)
+            spec = dm.prepare()
     hw = profile_hardware(OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
     selection = select(cfg, spec, hw)
+    if switched:
+        selection.notes.insert(0, switched)
     study_name = study_name_for(cfg)
 
     from archselect import report

@@ -112,3 +112,19 @@ def test_tabular_regression_study_reports_rmse_mae_r2(make_cfg, tmp_path: Path) 
 
     out = model.predict(load_diabetes(as_frame=True).frame.drop(columns="target").head(4))
     assert list(out.columns) == ["prediction"] and out["prediction"].between(0, 500).all()
+
+
+def test_a_continuous_target_selects_the_regression_row_by_itself(make_cfg,
+                                                                   tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(240, 3))
+    y = x @ np.array([3.0, -2.0, 0.5]) + rng.normal(scale=0.3, size=240) + 10
+    path = tmp_path / "prices.csv"
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "price": y.round(3)}).to_csv(
+        path, index=False)
+    result = run(make_cfg("task=tabular_classification", "data=csv", f"data.path={path}",
+                          "data.target=price", "search.n_trials=2", "search.max_epochs=20"))
+    assert result.selection.task == "tabular_regression"
+    assert result.selection.notes[0].startswith("tabular_classification -> tabular_regression")
+    assert set(result.test_metrics) == {"rmse", "mae", "r2"}
+    assert result.test_metrics["rmse"] < result.baseline_metrics["rmse"]

@@ -52,6 +52,10 @@ class DataError(ArchselectError):
     """Data that cannot be used as given (missing file, missing column, one class, ...)."""
 
 
+class ContinuousTarget(DataError):
+    """A classification target that holds many distinct numbers (a regression in disguise)."""
+
+
 def suggest(given: str, names: Iterable[str]) -> str | None:
     """Return the closest known name to ``given``, if one is close enough."""
     matches = difflib.get_close_matches(given, list(names), n=1, cutoff=0.6)

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from archselect.config.errors import ConfigError, DataError
+from archselect.config.errors import ConfigError, ContinuousTarget, DataError
 from archselect.data.base import (
     BaseDataModule,
     DataSpec,
@@ -112,7 +112,7 @@ class TabularDataModule(BaseDataModule):
         if self.target_kind == "classes":
             labels_str = frame[target].astype(str).to_numpy()
             if _is_numeric(frame[target]) and len(set(labels_str)) > max(20, len(frame) // 20):
-                raise DataError(
+                raise ContinuousTarget(
                     f"data.target: column {target!r} looks continuous ({len(set(labels_str))} "
                     "distinct numbers); fix: use task=tabular_regression for a number to predict")
             names = sorted(set(labels_str.tolist()))

@@ -44,7 +44,7 @@ def load_rotten_tomatoes(cfg: dict[str, Any]) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-@data_sources.register("file", kind="text")
+@data_sources.register("file")  # any kind: text, tables, ...
 def load_file(cfg: dict[str, Any]) -> pd.DataFrame:
     """Read a user's CSV or JSON-lines file named by ``data.path``."""
     raw = cfg.get("path")
