@@ -196,3 +196,12 @@ def test_pretrained_encoder_from_a_local_folder_trains_and_serves(make_cfg,
 
     out = model.predict(pd.DataFrame({"text": ["An utterly charming comedy."]}))
     assert out["label"].iloc[0] in {"fresh", "plot", "rotten"}
+
+
+def test_search_timeout_is_a_wall_the_running_trial_stops_at(make_cfg) -> None:
+    result = run(make_cfg("selector.candidates=[lstm]", "search.study_name=t", "search.n_trials=5",
+                          "search.max_epochs=500", "search.patience=500", "search.timeout=8"))
+    assert result.outcome.stopped_by == "timeout"
+    assert result.outcome.elapsed_s < 25
+    (record,) = result.outcome.records
+    assert record.state == "COMPLETE" and 0 < record.epochs < 500

@@ -7,6 +7,7 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,10 @@ class Objective:
             limit = self.cfg.trainer.limit_train_batches
             trainer = pl.Trainer(
                 max_epochs=cand.max_epochs, accelerator=self.hw.accelerator,
+                # search.timeout is a wall for the whole study: the running trial stops there
+                # too, keeping the best checkpoint it reached.
+                max_time=(None if self.deadline is None else
+                          timedelta(seconds=max(self.deadline - time.monotonic(), 1.0))),
                 devices=self.cfg.trainer.devices,
                 precision=self.hw.precision,  # type: ignore[arg-type]
                 deterministic=bool(self.cfg.trainer.deterministic),
@@ -242,9 +247,13 @@ class Objective:
             if trainer.interrupted:
                 raise KeyboardInterrupt
             score = ckpt.best_model_score
+            if score is None and self.deadline is not None and time.monotonic() >= self.deadline:
+                raise TimeoutError("search.timeout reached before the trial's first validation")
             if score is None or not bool(score.isfinite()):
                 raise FloatingPointError(f"{monitor} was never finite")
             value = float(score)
+            if self.deadline is not None and time.monotonic() >= self.deadline - 0.5:
+                trial.set_user_attr("stopped_by", "search.timeout")
             trial.set_user_attr("checkpoint", str(ckpt.best_model_path))
             trial.set_user_attr("epochs", int(trainer.current_epoch))
             trial.set_user_attr("duration_s", round(time.monotonic() - start, 2))
