@@ -304,6 +304,8 @@ def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile
     with tempfile.TemporaryDirectory() as tmp:
         bundle = dm.serving_bundle(best.checkpoint, _family_name(family_cls), Path(tmp))
         signature = infer_signature(bundle.input_example, bundle.output_example)
+        if bundle.input_schema is not None:
+            signature.inputs = bundle.input_schema
         with console.status("Logging and registering the best model..."):
             result.model_uri, result.model_version = tracker.log_model(
                 bundle.python_model, artifacts=bundle.artifacts, signature=signature,

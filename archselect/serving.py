@@ -126,9 +126,9 @@ class TabularModel(PythonModel):
         frame = pd.DataFrame(model_input).copy()
         for column in self.meta["numeric"]:
             frame[column] = pd.to_numeric(frame.get(column), errors="coerce")
-        for column in self.meta["categorical"]:
+        for column in self.meta["categorical"]:  # as in training: strings, None for missing
             values = frame.get(column)
-            frame[column] = (values.astype(object).where(values.notna(), None)
+            frame[column] = (values.astype("string").astype(object).where(values.notna(), None)
                              if values is not None else None)
         x = torch.as_tensor(self.preprocessor.transform(frame), dtype=torch.float32)
         with torch.inference_mode():
@@ -160,16 +160,18 @@ class ImageModel(PythonModel):
     def _tensor(self, image: Any) -> Any:
         import numpy as np
         import torch
-        from torchvision.transforms.v2 import functional as tvf
+        from PIL import Image
 
         c, h, w = self.meta["shape"]
         arr = np.asarray(image, dtype=np.uint8)
-        if arr.ndim == 2:
-            arr = arr[..., None]
-        t = torch.as_tensor(arr).permute(2, 0, 1)
-        if t.shape[0] != c:  # grey <-> colour
-            t = t.float().mean(0, keepdim=True).to(torch.uint8) if c == 1 else t.expand(c, -1, -1)
-        t = tvf.resize(t, [h, w], antialias=True)
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        # The training path: PIL converts (grey / RGB, alpha dropped) and resizes.
+        img = Image.fromarray(arr).convert("L" if c == 1 else "RGB")
+        if img.size != (w, h):
+            img = img.resize((w, h))
+        out = np.asarray(img, dtype=np.uint8)
+        t = torch.as_tensor(out[..., None] if out.ndim == 2 else out).permute(2, 0, 1)
         mean = torch.tensor(self.meta["mean"])[:, None, None]
         std = torch.tensor(self.meta["std"])[:, None, None]
         return (t.float() / 255.0 - mean) / std

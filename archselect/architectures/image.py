@@ -33,10 +33,12 @@ def _load_weights(model: nn.Module, path: str | None, key: str) -> None:
     if not file.is_file():
         raise ConfigError(key, "weights file not found", given=path, fix="give a local .pth file")
     state = torch.load(file, map_location="cpu", weights_only=True)
-    own = model.state_dict()
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not fitting:
-        raise ConfigError(key, "no tensor in the file fits this architecture", given=path)
+    if len(fitting) < len(own) // 2:
+        raise ConfigError(key, f"only {len(fitting)} of {len(own)} tensors in the file fit this "
+                          "architecture (another width or depth?)", given=path,
+                          fix="use weights saved from the same architecture and size")
     model.load_state_dict(fitting, strict=False)
 
 

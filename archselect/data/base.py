@@ -64,6 +64,7 @@ class ServingBundle:
     artifacts: dict[str, str]
     input_example: Any
     output_example: Any
+    input_schema: Any = None  # an MLflow Schema where inferring one from the example is too strict
 
 
 class BaseDataModule(pl.LightningDataModule):
@@ -128,6 +129,20 @@ def stable_hash(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Both fractions in (0, 1) and leaving at least 10% of rows to train on."""
+    for key, frac in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
+        if not 0.0 < frac < 1.0:
+            raise ConfigError(key, "must be between 0 and 1 (exclusive)", given=frac, fix="e.g. 0.15")
+    if val_fraction + test_fraction >= 0.9:
+        raise ConfigError(
+            "data.val_fraction",
+            "val_fraction + test_fraction leaves under 10% of rows to train on",
+            given=val_fraction + test_fraction,
+            fix="keep the two fractions under 0.9 together",
+        )
+
+
 def stratified_split(
     labels: np.ndarray, *, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, np.ndarray]:
@@ -139,16 +154,7 @@ def stratified_split(
     """
     from sklearn.model_selection import train_test_split
 
-    for key, frac in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
-        if not 0.0 < frac < 1.0:
-            raise ConfigError(key, "must be between 0 and 1 (exclusive)", given=frac, fix="e.g. 0.15")
-    if val_fraction + test_fraction >= 0.9:
-        raise ConfigError(
-            "data.val_fraction",
-            "val_fraction + test_fraction leaves under 10% of rows to train on",
-            given=val_fraction + test_fraction,
-            fix="keep the two fractions under 0.9 together",
-        )
+    check_fractions(val_fraction, test_fraction)
     counts = np.bincount(labels)
     smallest = int(counts[counts > 0].min())
     if smallest < 3:
@@ -156,6 +162,12 @@ def stratified_split(
             f"data: a class has only {smallest} row(s); a stratified train/val/test split needs at "
             "least 3 per class; fix: add rows for that class or drop it"
         )
+    n_classes = int((counts > 0).sum())
+    if min(val_fraction, test_fraction) * len(labels) < n_classes:
+        raise DataError(
+            f"data: {len(labels)} rows split {val_fraction}/{test_fraction} leave fewer val or test "
+            f"rows than the {n_classes} classes; fix: add rows or raise data.val_fraction / "
+            "data.test_fraction")
     idx = np.arange(len(labels))
     train_val, test = train_test_split(
         idx, test_size=test_fraction, stratify=labels, random_state=seed

@@ -130,7 +130,8 @@ class ImageDataModule(BaseDataModule):
         if n is not None and int(n) < len(labels):
             from sklearn.model_selection import train_test_split
 
-            keep, _ = train_test_split(np.arange(len(labels)), train_size=int(n), stratify=labels,
+            strata = labels if np.bincount(labels).min() >= 2 else None
+            keep, _ = train_test_split(np.arange(len(labels)), train_size=int(n), stratify=strata,
                                        random_state=self.seed)
             keep = np.sort(keep)
             images, labels = images[keep], labels[keep]
@@ -205,9 +206,13 @@ class ImageDataModule(BaseDataModule):
         example = pd.DataFrame({"image": [self.images["test"][i].permute(1, 2, 0).squeeze(-1)
                                           .numpy().astype(np.uint8).tolist() for i in range(2)]})
         output = pd.DataFrame({"label": [spec.class_names[0]] * 2, "probability": [1.0] * 2})
+        from mlflow.types.schema import AnyType, ColSpec, Schema
+
+        # Any: H x W or H x W x C arrays of any size and channel count are all valid input.
         return ServingBundle(python_model=ImageModel(),
                              artifacts={"checkpoint": checkpoint, "meta": str(meta)},
-                             input_example=example, output_example=output)
+                             input_example=example, output_example=output,
+                             input_schema=Schema([ColSpec(AnyType(), "image")]))
 
     def extra_figures(self, preds: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         """A grid of misclassified test images with their true and predicted labels."""

@@ -16,6 +16,7 @@ from archselect.data.base import (
     BaseDataModule,
     DataSpec,
     ServingBundle,
+    check_fractions,
     class_balance,
     data_sources,
     stable_hash,
@@ -23,6 +24,8 @@ from archselect.data.base import (
 )
 
 SPLITS = ("train", "val", "test")
+# Cells that mean "missing" in tables (text data keeps them as words).
+NA_TOKENS = ["", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "?", "-"]
 SKLEARN_SETS = ("iris", "wine", "breast_cancer", "diabetes")
 
 
@@ -40,6 +43,16 @@ def load_sklearn(cfg: dict[str, Any]) -> pd.DataFrame:
     if names is not None and len(names) and name != "diabetes":
         frame["target"] = [str(names[int(i)]) for i in frame["target"]]
     return frame
+
+
+def _looks_continuous(column: pd.Series) -> bool:
+    """Many distinct numbers, fractional or far more than classes usually are."""
+    if not _is_numeric(column):
+        return False
+    values = pd.to_numeric(column.dropna(), errors="coerce")
+    distinct = values.nunique()
+    fractional = bool((values % 1 != 0).any())
+    return distinct > 20 and (fractional or distinct > len(values) // 10)
 
 
 def _is_numeric(column: pd.Series) -> bool:
@@ -95,6 +108,7 @@ class TabularDataModule(BaseDataModule):
         if target not in columns:
             raise ConfigError("data.target", "no such column in the data", given=target,
                               allowed=columns, fix="set data.target=<one of the columns>")
+        frame = frame.replace(NA_TOKENS, np.nan)
         n_raw = len(frame)
         frame = frame[frame[target].notna()].reset_index(drop=True)
         features = [c for c in frame.columns if c != target]
@@ -102,19 +116,19 @@ class TabularDataModule(BaseDataModule):
             raise DataError("data: the table has no feature columns besides the target")
         self.numeric = [c for c in features if _is_numeric(frame[c])]
         self.categorical = [c for c in features if c not in self.numeric]
-        for c in self.numeric:
-            frame[c] = pd.to_numeric(frame[c], errors="coerce")
+        for c in self.numeric:  # float64: a served row may carry a missing value or a fraction
+            frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
         for c in self.categorical:
             frame[c] = frame[c].astype("string").astype(object).where(frame[c].notna(), None)
 
-        frame = self._sample(frame, target)
         names: list[str] = []
+        if self.target_kind == "classes" and _looks_continuous(frame[target]):
+            raise ContinuousTarget(
+                f"data.target: column {target!r} looks continuous ({frame[target].nunique()} "
+                "distinct numbers); fix: use task=tabular_regression for a number to predict")
+        frame = self._sample(frame, target)
         if self.target_kind == "classes":
             labels_str = frame[target].astype(str).to_numpy()
-            if _is_numeric(frame[target]) and len(set(labels_str)) > max(20, len(frame) // 20):
-                raise ContinuousTarget(
-                    f"data.target: column {target!r} looks continuous ({len(set(labels_str))} "
-                    "distinct numbers); fix: use task=tabular_regression for a number to predict")
             names = sorted(set(labels_str.tolist()))
             if len(names) < 2:
                 raise DataError(f"data.target: column {target!r} has a single class {names[0]!r}; "
@@ -129,6 +143,7 @@ class TabularDataModule(BaseDataModule):
                 bad = frame[target][np.isnan(y)].iloc[0]
                 raise DataError(f"data.target: column {target!r} is not numeric (e.g. {bad!r}); "
                                 "regression needs numbers; fix: use task=tabular_classification")
+            check_fractions(float(self.cfg["val_fraction"]), float(self.cfg["test_fraction"]))
             idx = np.arange(len(y))
             rest, test = train_test_split(idx, test_size=float(self.cfg["test_fraction"]),
                                           random_state=self.seed)
@@ -170,7 +185,7 @@ class TabularDataModule(BaseDataModule):
             kind="tabular", num_classes=len(names), class_names=names,
             n_features=int(self.x["train"].shape[1]), target_mean=mean, target_std=std,
             data_hash=stable_hash(frame.to_csv(index=False), {k: v.tolist() for k, v in split.items()},
-                                  self.target_kind),
+                                  self.target_kind, target, self.numeric, self.categorical),
             profile=profile,
         )
         return self.spec
@@ -186,6 +201,8 @@ class TabularDataModule(BaseDataModule):
         from sklearn.model_selection import train_test_split
 
         strata = frame[target].astype(str) if self.target_kind == "classes" else None
+        if strata is not None and int(strata.value_counts().min()) < 2:
+            strata = None  # a class with one row cannot be stratified; sample plainly
         keep, _ = train_test_split(np.arange(len(frame)), train_size=int(n), stratify=strata,
                                    random_state=self.seed)
         return frame.iloc[np.sort(keep)].reset_index(drop=True)

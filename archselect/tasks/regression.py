@@ -34,7 +34,8 @@ class RegressionModule(FamilyModule):
         return z * self.spec.target_std + self.spec.target_mean
 
     def outputs(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self(**batch["inputs"]).reshape(-1)
+        # float32 before un-standardising: half precision would round or overflow target units.
+        return self(**batch["inputs"]).float().reshape(-1)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         pred, y = self.outputs(batch), batch["target"]
