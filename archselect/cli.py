@@ -22,8 +22,28 @@ def _full_error() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
+_failed_jobs: list[int] = []
+
+
+def _multirun_job() -> int | None:
+    """The job number when running under ``-m``, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return None
+    return int(hc.job.num) if hc.mode == RunMode.MULTIRUN else None
+
+
 def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
-    """Print one error line to stderr and exit."""
+    """Print one error line to stderr and exit; in a multirun, let the other jobs run."""
+    job = _multirun_job()
+    if job is not None and code != 130:
+        print(f"archselect: error: job {job}: {message}", file=sys.stderr)
+        _failed_jobs.append(job)
+        return
     print(f"archselect: error: {message}", file=sys.stderr)
     sys.exit(code)
 
@@ -154,6 +174,10 @@ def main() -> None:
     if problem:
         fail(problem)
     _main()
+    if _failed_jobs:  # a sweep runs every job, then says which failed
+        print(f"archselect: error: {len(_failed_jobs)} multirun job(s) failed: "
+              f"{', '.join(map(str, _failed_jobs))}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -62,3 +62,17 @@ def test_csv_study_via_hydra_multirun_one_study_per_job(tmp_path: Path, text_csv
                      "text_classification-csv[search.n_trials=2]"]
     counts = [len(optuna.load_study(study_name=n, storage=storage).trials) for n in names]
     assert counts == [1, 2]
+
+
+def test_a_failing_multirun_job_does_not_stop_the_sweep(tmp_path: Path, text_csv: Path) -> None:
+    # Job 0 asks for too few rows (a clear error); job 1 runs.
+    proc = archselect("-m", "data=csv", f"data.path={text_csv}", "data.text_column=review",
+                      "data.target=stars", f"runs_dir={tmp_path / 'runs'}", *CHEAP,
+                      "search.n_trials=1", "data.max_samples=10,200", cwd=tmp_path)
+    assert proc.returncode == 2
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("archselect: error")]
+    assert errors[0].startswith("archselect: error: job 0: data.max_samples: too few rows")
+    assert errors[-1] == "archselect: error: 1 multirun job(s) failed: 0"
+    storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
+    assert optuna.study.get_all_study_names(storage) == [
+        "text_classification-csv[data.max_samples=200]"]
