@@ -69,10 +69,31 @@ def _main(cfg: DictConfig) -> None:
 
 
 def _user_overrides(argv: list[str]) -> list[str] | None:
-    """The overrides to check up front, or None when Hydra's own flags are in play."""
-    if any(a.startswith("-") for a in argv):
-        return None  # -m, --help, --cfg, ... : Hydra handles these itself
-    return [a for a in argv if not a.startswith("hydra.") and not a.startswith("hydra/")]
+    """The overrides to check up front, or None when Hydra's own flags are in play.
+
+    Under ``-m`` a sweep is checked with its first value (``search.n_trials=2,4`` -> ``=2``).
+    """
+    multirun = {"-m", "--multirun"}
+    if any(a.startswith("-") and a not in multirun for a in argv):
+        return None  # --help, --cfg, ... : Hydra handles these itself
+    args = [a for a in argv if a not in multirun
+            and not a.startswith("hydra.") and not a.startswith("hydra/")]
+    if len(args) == len(argv):
+        return args
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:
+        return None  # a syntax Hydra itself will explain
+    out = []
+    for o in parsed:
+        if o.is_sweep_override():
+            prefix = str(o.input_line).split(o.key_or_group, 1)[0]  # keep +, ++ or ~
+            out.append(f"{prefix}{o.key_or_group}={next(iter(o.sweep_string_iterator()))}")
+        else:
+            out.append(str(o.input_line))
+    return out
 
 
 def describe_compose_error(exc: BaseException, overrides: list[str]) -> str:

@@ -31,6 +31,7 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["search.n_trails=3"], "search.n_trails: unknown key"),
+    (["-m", "search.n_trails=2,4"], "search.n_trails: unknown key"),
     (["task=text_clasification"], "did you mean 'text_classification'"),
     (["task=object_detection"], "not available yet"),
     (["selector.candidates=[lstm,resnt]"], "selector.candidates: unknown architecture 'resnt'"),
