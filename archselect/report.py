@@ -45,7 +45,8 @@ def selection_markdown(report: dict[str, Any]) -> str:
 def print_selection(console: Console, report: dict[str, Any]) -> None:
     """Print the data profile, the hardware profile and the candidates with their reasons."""
     hw, sel = report["hardware"], report["selection"]
-    console.rule(f"[bold]archselect[/] {sel['task']} · study {report['study']}")
+    console.rule(f"[bold]archselect[/] {sel['task']} ({sel['description']}) · study "
+                 f"{report['study']}")
     data = Table(title="Data profile", show_header=False, title_justify="left")
     for label, text in report["profile_lines"]:
         data.add_row(label, text)

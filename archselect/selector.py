@@ -51,6 +51,7 @@ class Selection:
 
     task: str
     family: str
+    description: str
     candidates: list[Candidate]
     dropped: dict[str, str]
     notes: list[str]
@@ -76,7 +77,7 @@ def table_row(cfg: Any) -> dict[str, Any]:
             allowed=ready, fix="choose an available task",
         )
     return {"family": str(row.family), "candidates": list(row.candidates),
-            "data_kind": str(row.data_kind)}
+            "data_kind": str(row.data_kind), "description": str(row.description)}
 
 
 def _arch_config(cfg: Any, name: str) -> dict[str, Any]:
@@ -231,5 +232,6 @@ def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
         notes.append(f"{len(hw.gpus)} GPU(s), precision {hw.precision}")
     else:
         notes.append(f"CPU only ({hw.cpu_cores} cores), precision {hw.precision}")
-    return Selection(task=str(cfg.task.name), family=row["family"], candidates=candidates,
+    return Selection(task=str(cfg.task.name), family=row["family"],
+                     description=row["description"], candidates=candidates,
                      dropped=dropped, notes=notes)

@@ -179,6 +179,13 @@ def stratified_split(
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
+def classes_line(profile: dict[str, Any]) -> tuple[str, str]:
+    """The profile's class counts as a (label, text) row for the terminal."""
+    bal = profile["balance"]
+    counts = ", ".join(f"{k} {v}" for k, v in bal["counts"].items())
+    return ("classes", f"{profile['classes']}: {counts} (imbalance {bal['imbalance_ratio']}x)")
+
+
 def class_balance(labels: np.ndarray, names: list[str]) -> dict[str, Any]:
     """Counts per class and the smallest/largest ratio."""
     counts = np.bincount(labels, minlength=len(names))

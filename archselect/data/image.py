@@ -18,6 +18,7 @@ from archselect.data.base import (
     DataSpec,
     ServingBundle,
     class_balance,
+    classes_line,
     data_sources,
     stable_hash,
     stratified_split,
@@ -180,16 +181,13 @@ class ImageDataModule(BaseDataModule):
 
     def profile_lines(self) -> list[tuple[str, str]]:
         prof = self.prepare().profile
-        bal = prof["balance"]
         c, h, w = prof["image_shape"]
         lines = [
             ("source", str(prof["source"])),
             ("samples", f"{prof['samples']} (train {prof['splits']['train']}, val "
              f"{prof['splits']['val']}, test {prof['splits']['test']})"),
             ("images", f"{h}x{w}, {c} channel(s); train mean {prof['mean']}, std {prof['std']}"),
-            ("classes", f"{prof['classes']}: " + ", ".join(
-                f"{k} {v}" for k, v in bal["counts"].items())
-             + f" (imbalance {bal['imbalance_ratio']}x)"),
+            classes_line(prof),
         ]
         if prof["unreadable_count"]:
             lines.append(("unreadable", f"{prof['unreadable_count']} skipped, e.g. "

@@ -18,6 +18,7 @@ from archselect.data.base import (
     ServingBundle,
     check_fractions,
     class_balance,
+    classes_line,
     data_sources,
     stable_hash,
     stratified_split,
@@ -242,10 +243,7 @@ class TabularDataModule(BaseDataModule):
              f"{f['encoded_width']} encoded; {prof['missing_share']:.1%} missing values"),
         ]
         if "balance" in prof:
-            bal = prof["balance"]
-            lines.append(("classes", f"{prof['classes']}: " + ", ".join(
-                f"{k} {v}" for k, v in bal["counts"].items())
-                + f" (imbalance {bal['imbalance_ratio']}x)"))
+            lines.append(classes_line(prof))
         else:
             t = prof["target"]
             lines.append(("target", f"continuous: mean {t['mean']:.4g}, std {t['std']:.4g}, "

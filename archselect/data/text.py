@@ -20,6 +20,7 @@ from archselect.data.base import (
     DataSpec,
     ServingBundle,
     class_balance,
+    classes_line,
     data_sources,
     stable_hash,
     stratified_split,
@@ -391,15 +392,13 @@ class TextDataModule(BaseDataModule):
 
     def profile_lines(self) -> list[tuple[str, str]]:
         prof = self.prepare().profile
-        bal, w = prof["balance"], prof["words_per_text"]
+        w = prof["words_per_text"]
         return [
             ("source", str(prof["source"])),
             ("samples", f"{prof['samples']} (train {prof['splits']['train']}, val "
              f"{prof['splits']['val']}, test {prof['splits']['test']}); dropped "
              f"{prof['dropped_rows']} empty rows"),
-            ("classes", f"{prof['classes']}: " + ", ".join(
-                f"{k} {v}" for k, v in bal["counts"].items())
-             + f" (imbalance {bal['imbalance_ratio']}x)"),
+            classes_line(prof),
             ("words per text", f"p50 {w['p50']}, p90 {w['p90']}, p95 {w['p95']}, p99 "
              f"{w['p99']}, max {w['max']}"),
             ("vocabulary", f"{prof['vocabulary_words']} distinct words in train"),
