@@ -48,7 +48,6 @@ def _quiet_libraries() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*ExperimentalWarning.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     from optuna.exceptions import ExperimentalWarning
 

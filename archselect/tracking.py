@@ -124,10 +124,6 @@ class Tracker:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, mask_secrets(str(v)))
 
-    def log_file(self, path: Path, artifact_path: str | None = None) -> None:
-        assert self.parent_id
-        self.client.log_artifact(self.parent_id, str(path), artifact_path)
-
     def log_text(self, text: str, name: str) -> None:
         assert self.parent_id
         self.client.log_text(self.parent_id, mask_secrets(text), name)

@@ -310,14 +310,10 @@ def records(study: optuna.Study) -> list[TrialRecord]:
 
 def run_search(cfg: Any, study: optuna.Study, objective: Objective,
                on_trial: Any = None) -> StudyOutcome:
-    """Run up to ``search.n_trials`` trials within ``search.timeout`` seconds."""
+    """Run up to ``search.n_trials`` trials within ``search.timeout`` seconds (both checked by
+    ``config.validate`` before any store is opened)."""
     n_trials = int(cfg.search.n_trials)
     timeout = cfg.search.timeout
-    if n_trials < 1:
-        raise ConfigError("search.n_trials", "must be at least 1", given=n_trials)
-    if timeout is not None and float(timeout) <= 0:
-        raise ConfigError("search.timeout", "must be a positive number of seconds or null",
-                          given=timeout)
     if bool(cfg.search.enqueue_baselines):
         enqueue_baselines(study, objective.selection.candidates)
     finished: list[int] = []
