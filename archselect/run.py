@@ -283,7 +283,9 @@ def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile
     targets = torch.cat([o["targets"] for o in outputs])
     spec = module.spec
     result.test_metrics = family_cls.evaluate(preds, targets, spec)
-    result.baseline_name, trivial = family_cls.trivial(dm.targets("train"), len(targets), spec)
+    own = dm.baseline("test")  # e.g. seasonal naive, which needs the series' history
+    result.baseline_name, trivial = own if own is not None else family_cls.trivial(
+        dm.targets("train"), len(targets), spec)
     result.baseline_metrics = family_cls.evaluate(trivial, targets, spec)
     report.print_test(console, best, result.test_metrics, result.baseline_name,
                       result.baseline_metrics)
@@ -302,7 +304,8 @@ def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = dm.serving_bundle(best.checkpoint, _family_name(family_cls), Path(tmp))
-        signature = infer_signature(bundle.input_example, bundle.output_example)
+        with warnings.catch_warnings(record=True):  # MLflow's hint on integer columns
+            signature = infer_signature(bundle.input_example, bundle.output_example)
         if bundle.input_schema is not None:
             signature.inputs = bundle.input_schema
         with console.status("Logging and registering the best model..."):

@@ -149,6 +149,7 @@ def _reason(c: Candidate, first: bool, spec: DataSpec) -> str:
         "words_p99": words.get("p99"), "encoder": c.model.get("encoder", ""),
         "n_features": spec.n_features,
         "image_side": spec.input_shape[-1] if spec.input_shape else None,
+        "steps": spec.input_shape[0] if len(spec.input_shape) == 2 else None,
     }
     try:
         why = c.why.format(**values) if c.why else c.description
@@ -183,12 +184,15 @@ def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
 
     rules = cfg.selector.rules
     n_train = int(spec.profile.get("splits", {}).get("train", 0))
-    small = rules.small_data
-    if n_train < int(small.min_train_samples):
+    unit = {"series": "windows", "sequences": "series"}.get(spec.kind, "samples")
+    for rule_name in ("small_data", "few_windows"):
+        small = rules.get(rule_name)
+        if small is None or n_train >= int(small.min_train_samples):
+            continue
         for name in small.drop:
             if name in names and asked is None and len(names) > 1:
                 names.remove(name)
-                dropped[name] = (f"only {n_train} training samples (< {small.min_train_samples}): "
+                dropped[name] = (f"only {n_train} training {unit} (< {small.min_train_samples}): "
                                  "too few to train it from scratch")
     tiny = rules.get("tiny_images")
     tiny_fixed: dict[str, Any] = {}
@@ -220,6 +224,15 @@ def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
             if cap is not None and int(cap) < cand.max_epochs:
                 cand.max_epochs = int(cap)
                 cand.reasons.append(f"no GPU: at most {cap} epochs")
+        long = rules.get("long_sequences")
+        steps = spec.input_shape[0] if len(spec.input_shape) == 2 else 0
+        if long is not None and not hw.has_gpu and name in long.patch and steps > int(
+                long.max_tokens):
+            patch = -(-steps // int(long.max_tokens))
+            cand.model["patch_size"] = patch
+            cand.space.pop("patch_size", None)
+            cand.reasons.append(f"no GPU: attention over {steps} steps capped at "
+                                f"{long.max_tokens} tokens (patches of {patch} steps)")
         if "weights_path" in cand.model:
             weights = cand.model["weights_path"]
             cand.reasons.append(f"starts from the weights in {weights}" if weights else

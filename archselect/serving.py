@@ -38,12 +38,29 @@ def _texts(model_input: Any) -> list[str]:
     return [str(x) for x in list(model_input)]
 
 
-# MLflow warns at class creation that predict() has no type hints; the logged signature is the
-# schema, so the hint is noise here.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
+class _Served(PythonModel):
+    """MLflow warns at class creation that predict() has no type hints; the logged signature is
+    the schema, so the hint is noise here."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # MLflow forces these warnings on ("once"), so they are recorded here and dropped.
+        with warnings.catch_warnings(record=True):
+            super().__init_subclass__(**kwargs)
 
 
-class TextClassifierModel(PythonModel):
+class _CheckpointModel(_Served):
+    """Loads the ``meta`` JSON and the family's Lightning checkpoint named in the artifacts."""
+
+    def load_context(self, context: Any) -> None:
+        from archselect.tasks import families
+
+        with open(context.artifacts["meta"]) as fh:
+            self.meta = json.loads(fh.read())
+        self.module = families.get(self.meta["family"]).load_from_checkpoint(
+            context.artifacts["checkpoint"], map_location="cpu").eval()
+
+
+class TextClassifierModel(_Served):
     """Serves a text classifier checkpoint with the tokenizer it was trained with.
 
     Artifacts: ``checkpoint`` (Lightning checkpoint), ``tokenizer`` (a tokenizers JSON file or a
@@ -100,7 +117,7 @@ class TextClassifierModel(PythonModel):
         return pd.DataFrame({"label": labels, "probability": probs})
 
 
-class TabularModel(PythonModel):
+class TabularModel(_Served):
     """Serves a tabular checkpoint: a DataFrame with the original feature columns in; labels
     with their probability (classification) or predictions (regression) out.
 
@@ -144,18 +161,10 @@ class TabularModel(PythonModel):
                              "probability": [round(float(c), 4) for c in conf]})
 
 
-class ImageModel(PythonModel):
+class ImageModel(_CheckpointModel):
     """Serves an image classifier: a DataFrame whose ``image`` column holds uint8 arrays
     (H x W or H x W x C, as nested lists or arrays), any size; resized to the training size
     and normalised with the training statistics. Returns label and probability."""
-
-    def load_context(self, context: Any) -> None:
-        from archselect.tasks import families
-
-        with open(context.artifacts["meta"]) as fh:
-            self.meta = json.loads(fh.read())
-        self.module = families.get(self.meta["family"]).load_from_checkpoint(
-            context.artifacts["checkpoint"], map_location="cpu").eval()
 
     def _tensor(self, image: Any) -> Any:
         import numpy as np
@@ -190,4 +199,72 @@ class ImageModel(PythonModel):
         conf, idx = p.max(-1)
         names = self.meta["class_names"]
         return pd.DataFrame({"label": [names[int(i)] for i in idx],
+                             "probability": [round(float(v), 4) for v in conf]})
+
+
+class ForecastModel(_CheckpointModel):
+    """Serves a forecaster: a DataFrame of history in (the target and covariate columns, oldest
+    row first, at least ``lookback`` rows; the last ``lookback`` are read), the next ``horizon``
+    values of the target out, as rows ``step`` (1..horizon) and ``forecast``.
+
+    Artifacts: ``checkpoint`` and ``meta`` (JSON: columns, lookback, horizon, training-span mean
+    and std, the scaling mode).
+    """
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+        import torch
+
+        meta = self.meta
+        frame = pd.DataFrame(model_input)
+        missing = [c for c in meta["columns"] if c not in frame.columns]
+        if missing:
+            raise ValueError(f"history lacks column(s) {missing}; it needs {meta['columns']}")
+        lookback = int(meta["lookback"])
+        if len(frame) < lookback:
+            raise ValueError(f"history has {len(frame)} rows; the model reads the last {lookback}")
+        values = frame[meta["columns"]].apply(pd.to_numeric, errors="coerce").to_numpy(
+            dtype=np.float64)[-lookback:]
+        if np.isnan(values).any():
+            raise ValueError("history holds missing or non-numeric values; fill them first")
+        mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
+        level = values[-1] if meta["normalise"] == "window" else mean
+        x = torch.as_tensor((values - level) / std, dtype=torch.float32)[None]
+        with torch.inference_mode():
+            z = self.module(x=x).float().reshape(-1).numpy()
+        forecast = z * std[0] + level[0]
+        return pd.DataFrame({"step": np.arange(1, len(forecast) + 1),
+                             "forecast": [round(float(v), 6) for v in forecast]})
+
+
+class SequenceClassifierModel(_CheckpointModel):
+    """Serves a series classifier: a long DataFrame in (``series_id`` and the channel columns,
+    one row per time step in time order), a label and its probability per series out.
+
+    Artifacts: ``checkpoint`` and ``meta`` (JSON: class names, channels, length, channel stats).
+    """
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+        import torch
+
+        from archselect.data.series import fit_length
+
+        meta = self.meta
+        frame = pd.DataFrame(model_input)
+        if "series_id" not in frame.columns:
+            frame = frame.assign(series_id="series")
+        ids = list(dict.fromkeys(frame["series_id"].tolist()))
+        mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
+        batch = []
+        for sid in ids:
+            block = frame.loc[frame["series_id"] == sid, meta["channels"]]
+            values = block.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
+            batch.append((fit_length(values, int(meta["length"])) - mean) / std)
+        x = torch.as_tensor(np.stack(batch), dtype=torch.float32)
+        with torch.inference_mode():
+            p = torch.softmax(self.module(x=x).float(), -1)
+        conf, idx = p.max(-1)
+        names = meta["class_names"]
+        return pd.DataFrame({"series_id": ids, "label": [names[int(i)] for i in idx],
                              "probability": [round(float(v), 4) for v in conf]})

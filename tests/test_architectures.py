@@ -23,9 +23,23 @@ def tokens(spec: DataSpec) -> dict[str, torch.Tensor]:
 
 
 def features(spec: DataSpec) -> dict[str, torch.Tensor]:
-    if spec.input_shape:  # images reach the MLP as [B, C, H, W]
+    if spec.input_shape:  # images reach the MLP as [B, C, H, W], series as [B, T, C]
         return {"x": torch.randn(4, *spec.input_shape)}
     return {"x": torch.randn(4, spec.n_features)}
+
+
+def series(spec: DataSpec) -> dict[str, torch.Tensor]:
+    return {"x": torch.randn(4, *spec.input_shape)}
+
+
+SERIES_SPECS = [DataSpec(kind="series", n_features=24, input_shape=[24, 1], horizon=6),
+                DataSpec(kind="series", n_features=30, input_shape=[10, 3], horizon=1),
+                DataSpec(kind="sequences", num_classes=4, class_names=list("abcd"),
+                         n_features=600, input_shape=[100, 6])]
+
+
+def outputs(spec: DataSpec) -> int:
+    return spec.num_classes or spec.horizon or 1
 
 
 def images(spec: DataSpec) -> dict[str, torch.Tensor]:
@@ -44,9 +58,10 @@ INPUTS: dict[str, tuple[list[DataSpec], Any]] = {
     "pretrained": ([DataSpec(kind="text", num_classes=3, class_names=["a", "b", "c"])], tokens),
     "features": ([DataSpec(kind="tabular", num_classes=3, class_names=["a", "b", "c"],
                            n_features=7),
-                  DataSpec(kind="tabular", num_classes=0, n_features=5), *IMAGE_SPECS],
-                 features),
+                  DataSpec(kind="tabular", num_classes=0, n_features=5), *IMAGE_SPECS,
+                  *SERIES_SPECS], features),
     "image": (IMAGE_SPECS, images),
+    "series": (SERIES_SPECS, series),
 }
 
 
@@ -64,7 +79,7 @@ def test_builds_from_yaml_defaults_with_right_output_shape(make_cfg, name: str) 
         model = build(name, spec, **model_kw).eval() if kind == "image" else build(
             name, spec, **model_kw)
         out = model(**make_inputs(spec))
-        assert out.shape == (4, max(spec.num_classes, 1))
+        assert out.shape == (4, outputs(spec))
         assert torch.isfinite(out).all()
         out.sum().backward()
 

@@ -64,6 +64,7 @@ def count_parameters(model: nn.Module) -> int:
 
 # Register the builders (import for side effects).
 from archselect.architectures import image as _image  # noqa: E402, F401
+from archselect.architectures import series as _series  # noqa: E402, F401
 from archselect.architectures import tabular as _tabular  # noqa: E402, F401
 from archselect.architectures import text as _text  # noqa: E402, F401
 

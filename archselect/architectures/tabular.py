@@ -19,9 +19,9 @@ def _register(name: str, **meta: object) -> Any:
     return architectures.register(name, **meta)
 
 
-def _outputs(spec: DataSpec) -> int:
-    # Classification: one score per class; regression: one value.
-    return spec.num_classes if spec.num_classes > 0 else 1
+def outputs(spec: DataSpec) -> int:
+    """Classification: one score per class; forecasting: one value per step; regression: one."""
+    return spec.num_classes or spec.horizon or 1
 
 
 class Perceptron(nn.Module):
@@ -68,7 +68,7 @@ class MLP(nn.Module):
 @_register("perceptron", input="features")
 def perceptron(spec: DataSpec) -> nn.Module:
     """The Perceptron: one linear unit per class (one-vs-rest) or one for a number."""
-    return Perceptron(spec.n_features, _outputs(spec))
+    return Perceptron(spec.n_features, outputs(spec))
 
 
 @_register("mlp", input="features")
@@ -81,4 +81,4 @@ def mlp(spec: DataSpec, *, hidden_size: int, depth: int, activation: str,
     if depth < 1 or hidden_size < 1:
         raise ConfigError("arch.mlp.model", "depth and hidden_size must be at least 1",
                           given={"depth": depth, "hidden_size": hidden_size})
-    return MLP(spec.n_features, _outputs(spec), hidden_size, depth, activation, dropout)
+    return MLP(spec.n_features, outputs(spec), hidden_size, depth, activation, dropout)

@@ -145,6 +145,48 @@ class FileTextDataConfig(TextDataConfig):
     format: str = MISSING
 
 
+@dataclass
+class SeriesDataConfig(DataConfig):
+    """One series cut into windows (forecasting); the task file gives the window keys."""
+
+    time_column: str | None = MISSING
+    time_format: str | None = MISSING
+    covariates: list[str] | None = MISSING
+    lookback: int = MISSING
+    horizon: int = MISSING
+    stride: int = MISSING
+    season_length: int | None = MISSING
+    resample: str | None = MISSING
+    fill_missing: str = MISSING
+    normalise: str = MISSING
+
+
+@dataclass
+class FileSeriesDataConfig(SeriesDataConfig):
+    """A user's CSV / JSONL file with a time column and value columns."""
+
+    path: str = MISSING
+    format: str = MISSING
+
+
+@dataclass
+class SequenceDataConfig(DataConfig):
+    """Many labelled series (classification); long format, one row per series and time step."""
+
+    id_column: str | None = MISSING
+    time_column: str | None = MISSING
+    max_length: int | None = MISSING
+    fill_missing: str = MISSING
+
+
+@dataclass
+class FileSequenceDataConfig(SequenceDataConfig):
+    """A user's long-format CSV / JSONL file."""
+
+    path: str = MISSING
+    format: str = MISSING
+
+
 def register_schemas() -> None:
     """Store the top-level schema so ``config.yaml`` can extend it."""
     cs = ConfigStore.instance()

@@ -13,9 +13,13 @@ from archselect.config.errors import ConfigError
 from archselect.config.schema import (
     DataConfig,
     FileDataConfig,
+    FileSequenceDataConfig,
+    FileSeriesDataConfig,
     FileTextDataConfig,
     ImageDataConfig,
     ImageFolderConfig,
+    SequenceDataConfig,
+    SeriesDataConfig,
     TextDataConfig,
 )
 
@@ -28,6 +32,11 @@ DATA_SCHEMAS: dict[tuple[str, str], type] = {
     ("image", "digits"): ImageDataConfig,
     ("image", "fashion_mnist"): ImageDataConfig,
     ("image", "image_folder"): ImageFolderConfig,
+    ("series", "statsmodels"): SeriesDataConfig,
+    ("series", "sktime"): SeriesDataConfig,
+    ("series", "file"): FileSeriesDataConfig,
+    ("sequences", "ts_archive"): SequenceDataConfig,
+    ("sequences", "file"): FileSequenceDataConfig,
 }
 
 

@@ -22,7 +22,7 @@ class DataSpec:
     """What builders and task families need to know about the data, plus its profile.
 
     Attributes:
-        kind: the input kind (``"text"``, ``"tabular"``).
+        kind: the input kind (``"text"``, ``"tabular"``, ``"image"``, ``"series"``, ...).
         num_classes: number of target classes (classification).
         class_names: the label of each class index.
         vocab_size: size of the trained tokenizer's vocabulary (text).
@@ -31,6 +31,10 @@ class DataSpec:
         n_features: width of the encoded feature vector (tabular).
         target_mean: training-split mean of a continuous target (regression).
         target_std: training-split standard deviation of a continuous target (regression).
+        horizon: steps forecast at once (forecasting).
+        season_length: the season in steps, for the seasonal-naive baseline (forecasting).
+        mase_scale: the seasonal-naive forecast's MAE on the test windows (forecasting: MASE's
+            denominator, so MASE < 1 beats seasonal naive).
         data_hash: hash of the rows, the split and the preprocessing options.
         profile: the data profile (sizes, balance, lengths, vocabulary, ...).
     """
@@ -45,6 +49,9 @@ class DataSpec:
     input_shape: list[int] = field(default_factory=list)
     target_mean: float = 0.0
     target_std: float = 1.0
+    horizon: int = 0
+    season_length: int = 1
+    mase_scale: float = 1.0
     data_hash: str = ""
     profile: dict[str, Any] = field(default_factory=dict)
 
@@ -77,14 +84,28 @@ class BaseDataModule(pl.LightningDataModule):
         """Load, check, split and profile the data (no store is touched)."""
         raise NotImplementedError
 
+    batch_size = 64
+    num_workers = 0
+
     def for_trial(self, option: str | None, *, batch_size: int, num_workers: int,
                   **data_opts: Any) -> DataSpec:
         """Point the loaders at what one candidate reads; return the spec its builder sees.
 
         ``option`` is the candidate's input option (e.g. a pretrained tokenizer), or None;
-        ``data_opts`` are the trial's data settings (e.g. augmentation strength).
+        ``data_opts`` are the trial's data settings (e.g. augmentation strength). By default a
+        kind reads the same inputs for every candidate and takes no data settings.
         """
-        raise NotImplementedError
+        spec = self.prepare()
+        if data_opts:
+            raise ConfigError("arch.<name>.data", f"{spec.kind} data takes no trial data settings",
+                              given=sorted(data_opts))
+        self.batch_size, self.num_workers = batch_size, num_workers
+        return spec
+
+    def baseline(self, split: str) -> tuple[str, torch.Tensor] | None:
+        """A baseline this data kind predicts itself (name, predictions of ``split``), or None for
+        the family's trivial one."""
+        return None
 
     def extra_figures(self, preds: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         """Pictures of the best model's test predictions that only this data kind can draw."""

@@ -209,15 +209,6 @@ class TabularDataModule(BaseDataModule):
         return frame.iloc[np.sort(keep)].reset_index(drop=True)
 
     # -- the data-module contract -----------------------------------------------------------
-    def for_trial(self, option: str | None, *, batch_size: int, num_workers: int,
-                  **data_opts: Any) -> DataSpec:
-        if data_opts:
-            raise ConfigError("arch.<name>.data", f"{self.prepare().kind} data takes no trial "
-                              "data settings", given=sorted(data_opts))
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        return self.prepare()
-
     def _target_tensor(self, split: str) -> torch.Tensor:
         spec = self.prepare()
         if self.target_kind == "classes":

@@ -9,6 +9,7 @@ from archselect.registry import Registry
 families: Registry[Any] = Registry("task family", "selector.table.<task>.family")
 
 from archselect.tasks import classification as _classification  # noqa: E402, F401
+from archselect.tasks import forecasting as _forecasting  # noqa: E402, F401
 from archselect.tasks import regression as _regression  # noqa: E402, F401
 
 __all__ = ["families"]
