@@ -205,11 +205,28 @@ def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
                 dropped[name] = (f"images are tiny ({side} <= {tiny.max_side} px): too small "
                                  "for its depth and downsampling")
         tiny_fixed = {k: dict(v) for k, v in (tiny.get("fixed") or {}).items()}
+    caps: dict[str, dict[str, Any]] = {}  # small data, small models: search ranges capped
+    cap_why = ""
+    for rule_name in ("small_data", "few_windows"):
+        small = rules.get(rule_name)
+        if small is not None and n_train < int(small.min_train_samples):
+            for arch, limits in (small.get("cap") or {}).items():
+                caps.setdefault(arch, {}).update(dict(limits))
+                cap_why = f"only {n_train} training {unit} (< {small.min_train_samples})"
     max_epochs = int(cfg.search.max_epochs)
     candidates = []
     for i, name in enumerate(names):
         cand = _candidate(cfg, name, max_epochs)
         cand.reasons.append(_reason(cand, i == 0, spec))
+        capped = []
+        for k, limit in caps.get(name, {}).items():
+            if k in cand.space:
+                cand.space[k] = cand.space[k].capped(limit)
+                if k in cand.model and cand.model[k] > limit:
+                    cand.model[k] = limit
+                capped.append(f"{k} up to {limit}")
+        if capped:
+            cand.reasons.append(f"{cap_why}: {', '.join(capped)} (small data, small model)")
         for k, v in tiny_fixed.get(name, {}).items():
             cand.model[k] = v
             cand.space.pop(k, None)

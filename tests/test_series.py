@@ -191,6 +191,9 @@ def test_rules_drop_or_cap_the_transformer(make_cfg) -> None:
     sel = select(cfg, spec, cpu)
     assert "series_transformer" in sel.dropped and "training series" in sel.dropped[
         "series_transformer"]
+    mlp = sel.candidates[0]
+    assert mlp.name == "mlp" and max(mlp.space["hidden_size"].choices) == 64
+    assert mlp.space["depth"].high == 2 and any("small data, small model" in r for r in mlp.reasons)
 
 
 def test_forecasting_study_on_airline_beats_nothing_silently(make_cfg) -> None:

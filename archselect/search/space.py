@@ -36,6 +36,16 @@ class Param:
             text += " (log)"
         return text
 
+    def capped(self, cap: float) -> Param:
+        """This range without the values above ``cap`` (at least its lowest value stays)."""
+        from dataclasses import replace
+
+        if self.kind == "categorical":
+            kept = tuple(c for c in self.choices if c <= cap) or (min(self.choices),)
+            return replace(self, choices=kept)
+        assert self.low is not None and self.high is not None
+        return replace(self, high=max(min(self.high, cap), self.low))
+
     def contains(self, value: Any) -> bool:
         """Whether ``value`` lies in this range."""
         if self.kind == "categorical":
