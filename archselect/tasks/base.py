@@ -19,6 +19,9 @@ from archselect.data.base import DataSpec
 class FamilyModule(pl.LightningModule):
     #: what the family's targets are: ``"classes"`` or ``"continuous"``
     target_kind = "classes"
+    #: the test metric that decides whether a new model beats the registered champion
+    #: (same direction as ``task.direction``); empty: ``task.monitor`` without ``val_``
+    test_metric = ""
 
     """Any registered architecture, built from names and plain values only.
 
