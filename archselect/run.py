@@ -43,6 +43,7 @@ class RunResult:
     model_uri: str | None = None
     model_version: int | None = None
     champion: str = ""
+    onnx_uri: str | None = None
 
 
 def _quiet_libraries() -> None:
@@ -343,7 +344,7 @@ def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile
     if result.model_version is not None:
         _crown(cfg, result, family_cls, tracker, console)
     if bool(cfg.export.onnx):
-        _export_onnx(cfg, module, dm, tracker, console)
+        result.onnx_uri = _export_onnx(cfg, module, dm, tracker, console)
 
 
 def _crown(cfg: Any, result: RunResult, family_cls: Any, tracker: Any, console: Console) -> None:
@@ -362,7 +363,7 @@ def _crown(cfg: Any, result: RunResult, family_cls: Any, tracker: Any, console: 
     console.print(f"Champion: {result.champion}", soft_wrap=True)
 
 
-def _export_onnx(cfg: Any, module: Any, dm: Any, tracker: Any, console: Console) -> None:
+def _export_onnx(cfg: Any, module: Any, dm: Any, tracker: Any, console: Console) -> str | None:
     """``export.onnx=true``: the best model as ONNX, checked with onnxruntime, logged next to the
     pyfunc. An architecture that cannot be exported is said in one line, not skipped silently."""
     from importlib.metadata import version
@@ -380,7 +381,7 @@ def _export_onnx(cfg: Any, module: Any, dm: Any, tracker: Any, console: Console)
             tracker.set_tags(tracker.parent_id, {"archselect.onnx": line})
             tracker.log_text(line + "\n", "onnx/NOT_EXPORTED.txt")
             console.print(f"[yellow]{line}[/]", soft_wrap=True)
-            return
+            return None
         uri = tracker.log_onnx(done.path, input_example=done.example, output_example=done.output,
                                pip_requirements=[f"onnx=={version('onnx')}",
                                                  f"onnxruntime=={version('onnxruntime')}"])
@@ -389,6 +390,7 @@ def _export_onnx(cfg: Any, module: Any, dm: Any, tracker: Any, console: Console)
     tracker.set_tags(tracker.parent_id, {"archselect.onnx": line})
     tracker.log_metrics(tracker.parent_id, {"onnx_max_abs_diff": done.max_abs_diff})
     console.print(line, soft_wrap=True)
+    return uri
 
 
 def _family_name(family_cls: Any) -> str:
