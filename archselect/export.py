@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,41 +47,74 @@ def _dynamic_axes(inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, str]]:
     return axes
 
 
+def _check_batches(inputs: dict[str, torch.Tensor], axes: dict[str, dict[int, str]]
+                   ) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """The batches the file must reproduce: the test batch, one row (another batch size) and,
+    where token length varies, the batch cut to half its length (another length)."""
+    out = [("the test batch", inputs), ("a single row", {k: v[:1] for k, v in inputs.items()})]
+    tokens = [k for k in inputs if 1 in axes.get(k, {})]
+    if tokens:
+        half = max(int(inputs[tokens[0]].shape[1]) // 2, 1)
+        out.append(("a shorter token length",
+                    {k: v[:, :half] if k in tokens else v for k, v in inputs.items()}))
+    return out
+
+
 def export_onnx(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path,
                 tolerance: float) -> OnnxExport:
     """Export ``model`` (called as ``model(**inputs)``) to ``path`` and check it.
 
-    onnxruntime runs the file on ``inputs`` and on their first row alone (a different batch
-    size); both must match PyTorch within ``tolerance`` (absolute).
+    onnxruntime runs the file on ``inputs``, on their first row alone (another batch size) and,
+    for token inputs, on a shorter length; each must match PyTorch within ``tolerance``
+    (absolute).
 
     Raises:
         RuntimeError: the export failed or its outputs differ from PyTorch's.
     """
-    import onnxruntime as ort
-
     model = model.to("cpu").eval()
     inputs = {k: v.to("cpu") for k, v in inputs.items()}
     names = list(inputs)
     wrapper = _Positional(model, names).eval()
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # The fused inference kernel of nn.TransformerEncoderLayer has no ONNX form; its plain
+    # computation (the same numbers) has.
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        return _export_and_check(wrapper, inputs, names, path, tolerance)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _export_and_check(wrapper: nn.Module, inputs: dict[str, torch.Tensor], names: list[str],
+                      path: Path, tolerance: float) -> OnnxExport:
+    import onnxruntime as ort
+
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
         try:
             # dynamo=False: the TorchScript exporter needs no onnxscript and handles every
             # architecture here; the dynamo exporter would add a dependency for the same file.
-            torch.onnx.export(wrapper, tuple(inputs.values()), str(path), input_names=names,
-                              output_names=["output"], dynamic_axes=_dynamic_axes(inputs),
-                              dynamo=False)
+            # The exporter prints the whole graph when it fails: the reason below is the line.
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                torch.onnx.export(wrapper, tuple(inputs.values()), str(path), input_names=names,
+                                  output_names=["output"], dynamic_axes=_dynamic_axes(inputs),
+                                  dynamo=False)
         except Exception as exc:
             raise RuntimeError(f"torch.onnx.export failed ({type(exc).__name__}: "
                                f"{str(exc).strip().splitlines()[0][:200]})") from None
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         worst = 0.0
-        for batch in (inputs, {k: v[:1] for k, v in inputs.items()}):
+        for what, batch in _check_batches(inputs, _dynamic_axes(inputs)):
             expected = wrapper(*batch.values()).float().numpy()
-            got = session.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+            try:
+                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                got = session.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+            except Exception as exc:  # onnxruntime raises its own types
+                raise RuntimeError(f"onnxruntime cannot run the exported file on {what} "
+                                   f"({type(exc).__name__}: "
+                                   f"{str(exc).strip().splitlines()[0][:160]})") from None
             if got.shape != expected.shape:
                 raise RuntimeError(f"ONNX output shape {got.shape} differs from PyTorch's "
-                                   f"{expected.shape}")
+                                   f"{expected.shape} on {what}")
             worst = max(worst, float(np.abs(got - expected).max()))
     if not worst <= tolerance:
         raise RuntimeError(f"ONNX outputs differ from PyTorch's by up to {worst:.2e}, more than "

@@ -136,7 +136,7 @@ def test_a_study_reviewed_in_the_mlflow_dashboard(make_cfg, tmp_path: Path) -> N
             parent_row.first.locator("[col-id='attributes.`Run Name`'] button").first.click()
             for name in names:
                 expect(page.get_by_role("link", name=name, exact=True)).to_be_visible()
-            page.screenshot(path=str(shots / "runs.png"))
+            page.screenshot(path=str(shots / "dashboard-runs.png"))
 
             # The parent run's artifacts: leaderboard and Optuna plots.
             page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs/{result.parent_run_id}"
@@ -150,7 +150,7 @@ def test_a_study_reviewed_in_the_mlflow_dashboard(make_cfg, tmp_path: Path) -> N
             page.get_by_text("history.png", exact=True).first.click()
             expect(page.get_by_role("img", name="optuna/history.png")).to_be_visible()
             _close_assistant(page)
-            page.screenshot(path=str(shots / "parent-artifacts.png"))
+            page.screenshot(path=str(shots / "dashboard-parent-artifacts.png"))
 
             # The registered model: version 1 holds the champion alias.
             page.goto(f"{url}/#/models/{MODEL}")
@@ -158,8 +158,8 @@ def test_a_study_reviewed_in_the_mlflow_dashboard(make_cfg, tmp_path: Path) -> N
             expect(version_row.first).to_be_visible()
             expect(version_row.first).to_contain_text("champion")
             _close_assistant(page)
-            page.screenshot(path=str(shots / "registered-model.png"))
+            page.screenshot(path=str(shots / "dashboard-registered-model.png"))
         finally:
             browser.close()
-    for shot in ("runs.png", "parent-artifacts.png", "registered-model.png"):
-        assert (shots / shot).stat().st_size > 10_000
+    for page_name in ("runs", "parent-artifacts", "registered-model"):
+        assert (shots / f"dashboard-{page_name}.png").stat().st_size > 10_000
