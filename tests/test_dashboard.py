@@ -66,6 +66,7 @@ def mlflow_server(store: str, folder: Path) -> Iterator[str]:
          "--port", str(port), "--workers", "1",
          "--artifacts-destination", str(folder / "server-artifacts")],
         stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -122,6 +123,9 @@ def test_a_study_reviewed_in_the_mlflow_dashboard(make_cfg, tmp_path: Path) -> N
             str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
             args=CHROMIUM_FLAGS, viewport={"width": 1500, "height": 860},
         )
+        # The page may ask only the server we started: any other request is refused.
+        browser.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url)
+                      else route.abort())
         try:
             page = browser.new_page()
             page.set_default_timeout(WAIT_MS)
