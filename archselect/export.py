@@ -106,7 +106,10 @@ def _export_and_check(wrapper: nn.Module, inputs: dict[str, torch.Tensor], names
         for what, batch in _check_batches(inputs, _dynamic_axes(inputs)):
             expected = wrapper(*batch.values()).float().numpy()
             try:
-                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                options = ort.SessionOptions()
+                options.log_severity_level = 4  # its own error log would repeat the line below
+                session = ort.InferenceSession(str(path), options,
+                                               providers=["CPUExecutionProvider"])
                 got = session.run(None, {k: v.numpy() for k, v in batch.items()})[0]
             except Exception as exc:  # onnxruntime raises its own types
                 raise RuntimeError(f"onnxruntime cannot run the exported file on {what} "
