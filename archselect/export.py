@@ -24,6 +24,9 @@ class OnnxExport:
     output: np.ndarray
 
 
+SHORTER = "a shorter token length"
+
+
 class _Positional(nn.Module):
     """The model called as ``model(**inputs)``, seen by the exporter as positional tensors."""
 
@@ -55,7 +58,7 @@ def _check_batches(inputs: dict[str, torch.Tensor], axes: dict[str, dict[int, st
     tokens = [k for k in inputs if 1 in axes.get(k, {})]
     if tokens:
         half = max(int(inputs[tokens[0]].shape[1]) // 2, 1)
-        out.append(("a shorter token length",
+        out.append((SHORTER,
                     {k: v[:, :half] if k in tokens else v for k, v in inputs.items()}))
     return out
 
@@ -112,6 +115,9 @@ def _export_and_check(wrapper: nn.Module, inputs: dict[str, torch.Tensor], names
                                                providers=["CPUExecutionProvider"])
                 got = session.run(None, {k: v.numpy() for k, v in batch.items()})[0]
             except Exception as exc:  # onnxruntime raises its own types
+                if what == SHORTER:
+                    raise RuntimeError("the exported graph keeps the token length it was traced "
+                                       "with: onnxruntime fails on a shorter one") from None
                 raise RuntimeError(f"onnxruntime cannot run the exported file on {what} "
                                    f"({type(exc).__name__}: "
                                    f"{str(exc).strip().splitlines()[0][:160]})") from None
