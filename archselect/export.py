@@ -7,6 +7,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +23,20 @@ class OnnxExport:
     max_abs_diff: float
     example: dict[str, np.ndarray]
     output: np.ndarray
+    dynamic_axes: dict[str, dict[int, str]]
+
+    def signature(self) -> Any:
+        """The MLflow signature of the file: -1 on every axis that varies (batch, tokens)."""
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import Schema, TensorSpec
+
+        def spec(name: str, array: np.ndarray) -> TensorSpec:
+            axes = self.dynamic_axes.get(name, {})
+            shape = tuple(-1 if i in axes else int(n) for i, n in enumerate(array.shape))
+            return TensorSpec(array.dtype, shape, name)
+
+        return ModelSignature(Schema([spec(k, v) for k, v in self.example.items()]),
+                              Schema([spec("output", self.output)]))
 
 
 SHORTER = "a shorter token length"
@@ -130,4 +145,5 @@ def _export_and_check(wrapper: nn.Module, inputs: dict[str, torch.Tensor], names
                            f"export.onnx_tolerance={tolerance:g}")
     example = {k: v[:2].numpy() for k, v in inputs.items()}
     return OnnxExport(path=path, input_names=names, max_abs_diff=worst, example=example,
-                      output=wrapper(*(torch.as_tensor(v) for v in example.values())).detach().numpy())
+                      output=wrapper(*(torch.as_tensor(v) for v in example.values())).detach().numpy(),
+                      dynamic_axes=_dynamic_axes(inputs))

@@ -382,7 +382,7 @@ def _export_onnx(cfg: Any, module: Any, dm: Any, tracker: Any, console: Console)
             tracker.log_text(line + "\n", "onnx/NOT_EXPORTED.txt")
             console.print(f"[yellow]{line}[/]", soft_wrap=True)
             return None
-        uri = tracker.log_onnx(done.path, input_example=done.example, output_example=done.output,
+        uri = tracker.log_onnx(done.path, input_example=done.example, signature=done.signature(),
                                pip_requirements=[f"onnx=={version('onnx')}",
                                                  f"onnxruntime=={version('onnxruntime')}"])
     line = (f"ONNX model logged at {uri} (inputs {', '.join(done.input_names)}; onnxruntime "

@@ -242,20 +242,19 @@ class Tracker:
         self.client.update_run(self.parent_id, status="RUNNING")
         return str(info.model_uri), version
 
-    def log_onnx(self, path: Path, *, input_example: dict[str, Any], output_example: Any,
+    def log_onnx(self, path: Path, *, input_example: dict[str, Any], signature: Any,
                  pip_requirements: list[str]) -> str:
         """Log an ONNX file as an MLflow ``onnx`` model named ``onnx`` under the parent run
         (next to the pyfunc ``model``). Returns its model URI."""
         import mlflow
         import onnx
-        from mlflow.models import infer_signature
 
         assert self.parent_id
         try:
             with mlflow.start_run(run_id=self.parent_id):
                 info = mlflow.onnx.log_model(
                     onnx.load(str(path)), name="onnx", input_example=input_example,
-                    signature=infer_signature(input_example, output_example),
+                    signature=signature,
                     pip_requirements=pip_requirements, save_as_external_data=False)
         except OSError as exc:
             raise ArchselectError(f"tracking: cannot write the ONNX model ({exc})") from None

@@ -32,6 +32,9 @@ def test_token_inputs_export_with_dynamic_batch_and_length(tmp_path: Path) -> No
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool)}
     done = export_onnx(model, inputs, tmp_path / "m.onnx", tolerance=1e-4)
     assert done.input_names == ["input_ids", "attention_mask"] and done.max_abs_diff < 1e-4
+    signature = done.signature()
+    assert [t.shape for t in signature.inputs.inputs] == [(-1, -1), (-1, -1)]
+    assert signature.outputs.inputs[0].shape == (-1, 3)
     other = torch.randint(1, 50, (2, 20))  # another batch size and another length
     mask = torch.ones_like(other, dtype=torch.bool)
     got = ort.InferenceSession(str(done.path)).run(
