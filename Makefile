@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: setup run test lint ui clean
+.PHONY: setup run test lint ui dashboard clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "archselect needs Python 3.11+"'
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml requirements.lock
 		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
 		{ apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; } || \
 		echo "note: could not install dataset-fashion-mnist; data=fashion_mnist will say how"; fi
+	# Debian's Chromium, driven by Playwright in the dashboard test (never a downloaded browser).
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } || \
+		echo "note: could not install chromium; the browser test will be skipped (CI fails it)"; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.lock
@@ -44,6 +49,9 @@ test: lint
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000
+
+dashboard: setup
+	$(BIN)/optuna-dashboard sqlite:///runs/optuna.db --host 127.0.0.1 --port 8080
 
 clean:
 	rm -rf runs/* .pytest_cache .mypy_cache .ruff_cache

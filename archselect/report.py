@@ -122,6 +122,20 @@ def print_test(console: Console, best: TrialRecord, test: dict[str, float], base
     console.print(table)
 
 
+def leaderboard_html(rows: list[dict[str, Any]], study_name: str, monitor: str) -> str:
+    """The leaderboard as a standalone HTML table (the MLflow UI shows it in place)."""
+    import html
+
+    import pandas as pd
+
+    table = pd.DataFrame(rows).to_html(index=False, na_rep="", border=0, classes="board")
+    title = html.escape(f"Leaderboard of study {study_name} (ranked by {monitor})")
+    style = ("body{font-family:sans-serif;margin:1em}.board{border-collapse:collapse}"
+             ".board td,.board th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{style}</style></head><body><h3>{title}</h3>{table}</body></html>\n")
+
+
 def leaderboard_csv(rows: list[dict[str, Any]]) -> str:
     import pandas as pd
 

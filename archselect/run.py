@@ -42,6 +42,8 @@ class RunResult:
     parent_run_id: str | None = None
     model_uri: str | None = None
     model_version: int | None = None
+    champion: str = ""
+    onnx_uri: str | None = None
 
 
 def _quiet_libraries() -> None:
@@ -157,7 +159,8 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
 
     # The tracking store is checked first: a bad URI must not leave an empty study behind.
     tracker = Tracker(str(cfg.tracking.uri), str(cfg.tracking.experiment),
-                      str(cfg.tracking.artifact_location))
+                      str(cfg.tracking.artifact_location),
+                      system_metrics_interval=cfg.tracking.system_metrics_interval)
     study = open_study(cfg, study_name, selection, spec)
     parent = tracker.start_study(study_name, {
         "archselect.task": selection.task, "archselect.data": str(cfg.data.name),
@@ -176,6 +179,7 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
         tracker.log_params(parent, {"seed": cfg.seed, "task": selection.task,
                                     "data": cfg.data.name, "data_hash": spec.data_hash,
                                     "storage": cfg.search.storage, "study": study_name})
+        _log_dataset(tracker, cfg, spec)
         objective = Objective(cfg, study_name, selection, dm, spec, hw, tracker, family_cls)
         console.rule(f"Search: up to {cfg.search.n_trials} trials, timeout {cfg.search.timeout}s")
         outcome = run_search(cfg, study, objective, on_trial=_trial_line(console, cfg))
@@ -184,6 +188,8 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
         rows = report.leaderboard(outcome, monitor)
         report.print_leaderboard(console, rows, monitor)
         tracker.log_text(report.leaderboard_csv(rows), "leaderboard/leaderboard.csv")
+        tracker.log_text(report.leaderboard_html(rows, study_name, monitor),
+                         "leaderboard/leaderboard.html")
         _log_optuna_plots(tracker, study)
         best = outcome.best
         if best is None:
@@ -229,27 +235,50 @@ def _trial_line(console: Console, cfg: Any) -> Any:
     return on_trial
 
 
+def _log_dataset(tracker: Any, cfg: Any, spec: DataSpec) -> None:
+    """The study's data as an MLflow dataset input: its name, hash (digest) and profile."""
+    path = cfg.data.get("path")
+    source = str(path) if path else f"archselect built-in data {cfg.data.name} ({cfg.data.source})"
+    tracker.log_dataset(name=str(cfg.data.name), digest=spec.data_hash, source=source,
+                        profile={"kind": spec.kind, "num_classes": spec.num_classes,
+                                 "class_names": spec.class_names, **spec.profile})
+
+
 def _log_optuna_plots(tracker: Any, study: Any) -> None:
+    """Optuna's history, parameter importances and parallel coordinates: each as a PNG
+    (matplotlib), and all three on one interactive, self-contained HTML page (plotly)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import optuna.visualization as ovp
     from optuna.visualization import matplotlib as ovm
 
-    plots: dict[str, Any] = {"optuna/history.png": ovm.plot_optimization_history,
-             "optuna/param_importances.png": ovm.plot_param_importances}
-    for name, fn in plots.items():
+    plots: dict[str, tuple[Any, Any]] = {
+        "history": (ovm.plot_optimization_history, ovp.plot_optimization_history),
+        "param_importances": (ovm.plot_param_importances, ovp.plot_param_importances),
+        "parallel_coordinate": (ovm.plot_parallel_coordinate, ovp.plot_parallel_coordinate),
+    }
+    sections: list[str] = []
+    for name, (png, html) in plots.items():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ax = fn(study)
+                ax = png(study)
+                # plotly.js is embedded once, with the first plot: the page works offline.
+                sections.append(html(study).to_html(include_plotlyjs=not sections,
+                                                    full_html=False))
             fig: Any = ax.figure
             fig.set_size_inches(8, 5)
             fig.tight_layout()
-            tracker.log_figure(fig, name)
+            tracker.log_figure(fig, f"optuna/{name}.png")
             plt.close(fig)
         except Exception as exc:  # e.g. too few completed trials: say so instead of a picture
-            tracker.log_text(f"not drawn: {exc}\n", name.replace(".png", ".txt"))
+            tracker.log_text(f"not drawn: {exc}\n", f"optuna/{name}.txt")
+    if sections:
+        tracker.log_text("<!doctype html><html><head><meta charset='utf-8'><title>Optuna plots"
+                         "</title></head><body>" + "".join(sections) + "</body></html>\n",
+                         "optuna/plots.html")
 
 
 def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile,
@@ -315,6 +344,57 @@ def _finish(cfg: Any, result: RunResult, best: Any, dm: Any, hw: HardwareProfile
                 pip_requirements=pip_requirements(),
                 register_as=str(cfg.tracking.model_name) if cfg.tracking.register else None,
             )
+    if result.model_version is not None:
+        _crown(cfg, result, family_cls, tracker, console)
+    if bool(cfg.export.onnx):
+        result.onnx_uri = _export_onnx(cfg, module, dm, tracker, console)
+
+
+def _crown(cfg: Any, result: RunResult, family_cls: Any, tracker: Any, console: Console) -> None:
+    """Move the champion alias to the new version only if it beats the holder on the same split."""
+    metric = family_cls.test_metric or str(cfg.task.monitor).removeprefix("val_")
+    if metric not in result.test_metrics:
+        result.champion = (f"{cfg.tracking.champion_alias} not considered: the test metrics "
+                           f"({', '.join(result.test_metrics)}) have no {metric!r}")
+    else:
+        result.champion = tracker.update_champion(
+            str(cfg.tracking.model_name), int(result.model_version or 0),
+            alias=str(cfg.tracking.champion_alias), metric=metric,
+            value=result.test_metrics[metric],
+            direction=family_cls.test_direction or str(cfg.task.direction),
+            data_hash=result.spec.data_hash)
+    tracker.set_tags(tracker.parent_id, {"archselect.champion": result.champion})
+    console.print(f"Champion: {result.champion}", soft_wrap=True)
+
+
+def _export_onnx(cfg: Any, module: Any, dm: Any, tracker: Any, console: Console) -> str | None:
+    """``export.onnx=true``: the best model as ONNX, checked with onnxruntime, logged next to the
+    pyfunc. An architecture that cannot be exported is said in one line, not skipped silently."""
+    from importlib.metadata import version
+
+    from archselect.export import export_onnx
+
+    arch = str(module.hparams["arch"])
+    inputs = next(iter(dm.test_dataloader()))["inputs"]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            done = export_onnx(module, inputs, Path(tmp) / "model.onnx",
+                               float(cfg.export.onnx_tolerance))
+        except RuntimeError as exc:
+            line = f"export.onnx: the best model ({arch}) was not exported: {exc}"
+            tracker.set_tags(tracker.parent_id, {"archselect.onnx": line})
+            tracker.log_text(line + "\n", "onnx/NOT_EXPORTED.txt")
+            console.print(f"[yellow]{line}[/]", soft_wrap=True)
+            return None
+        uri = tracker.log_onnx(done.path, input_example=done.example, signature=done.signature(),
+                               pip_requirements=[f"onnx=={version('onnx')}",
+                                                 f"onnxruntime=={version('onnxruntime')}"])
+    line = (f"ONNX model logged at {uri} (inputs {', '.join(done.input_names)}; onnxruntime "
+            f"matches PyTorch within {done.max_abs_diff:.1e})")
+    tracker.set_tags(tracker.parent_id, {"archselect.onnx": line})
+    tracker.log_metrics(tracker.parent_id, {"onnx_max_abs_diff": done.max_abs_diff})
+    console.print(line, soft_wrap=True)
+    return uri
 
 
 def _family_name(family_cls: Any) -> str:

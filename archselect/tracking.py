@@ -19,6 +19,8 @@ STATE_TAG = "archselect.state"
 STUDY_TAG = "archselect.study"
 TRIAL_TAG = "archselect.trial"
 REASON_TAG = "archselect.fail_reason"
+DATA_HASH_TAG = "archselect.data_hash"
+TEST_METRIC_TAG = "archselect.test_metric"
 
 _SECRET = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@\s]+)@")
 
@@ -26,6 +28,13 @@ _SECRET = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<pw
 def mask_secrets(text: str) -> str:
     """Hide the password of any ``scheme://user:password@host`` URL in ``text``."""
     return _SECRET.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+def trial_description(study_name: str, number: int, arch: str, params: dict[str, Any]) -> str:
+    """The child run's description: what this trial tried (markdown, shown by the MLflow UI)."""
+    lines = [f"Trial {number} of study **{study_name}**: `{arch}` with"]
+    lines += [f"- `{k}` = {v}" for k, v in sorted(params.items())]
+    return "\n".join(lines)
 
 
 def _quiet() -> None:
@@ -43,7 +52,8 @@ class Tracker:
         artifact_location: folder for the experiment's artifacts (used when it is created).
     """
 
-    def __init__(self, uri: str, experiment: str, artifact_location: str) -> None:
+    def __init__(self, uri: str, experiment: str, artifact_location: str, *,
+                 system_metrics_interval: float | None = None) -> None:
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -76,6 +86,8 @@ class Tracker:
             self.experiment_id = exp.experiment_id
         self.experiment = experiment
         self.parent_id: str | None = None
+        self.system_metrics_interval = system_metrics_interval
+        self._monitors: dict[str, Any] = {}
 
     # -- parent ---------------------------------------------------------------------------
     def start_study(self, study_name: str, tags: dict[str, str], resume_run_id: str | None) -> str:
@@ -132,6 +144,22 @@ class Tracker:
         assert self.parent_id
         self.client.log_figure(self.parent_id, figure, name)
 
+    def log_dataset(self, *, name: str, digest: str, source: str, profile: dict[str, Any],
+                    schema: dict[str, Any] | None = None, context: str = "training") -> None:
+        """Record the study's data as an MLflow dataset input of the parent run."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        assert self.parent_id
+        local = "://" not in source
+        dataset = Dataset(name=name, digest=digest, source_type="local" if local else "http",
+                          source=json.dumps({"uri": mask_secrets(source)}),
+                          schema=json.dumps(schema) if schema else None,
+                          profile=json.dumps(profile, default=str))
+        self.client.log_inputs(self.parent_id, datasets=[DatasetInput(
+            dataset, tags=[InputTag("mlflow.data.context", context)])])
+
     # -- children -------------------------------------------------------------------------
     def start_trial(self, study_name: str, number: int, arch: str,
                     params: dict[str, Any]) -> str:
@@ -141,14 +169,34 @@ class Tracker:
             self.experiment_id, run_name=f"trial-{number} {arch}",
             tags={"mlflow.parentRunId": self.parent_id, STUDY_TAG: study_name,
                   TRIAL_TAG: str(number), "archselect.arch": arch, STATE_TAG: "RUNNING",
-                  "archselect.role": "trial"},
+                  "archselect.role": "trial",
+                  "mlflow.note.content": trial_description(study_name, number, arch, params)},
         )
-        self.log_params(run.info.run_id, {"arch": arch, **params})
-        return str(run.info.run_id)
+        run_id = str(run.info.run_id)
+        self.log_params(run_id, {"arch": arch, **params})
+        self._start_system_metrics(run_id)
+        return run_id
+
+    def _start_system_metrics(self, run_id: str) -> None:
+        """Sample CPU / GPU utilisation and memory into the run while it trains."""
+        if not self.system_metrics_interval:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=self.system_metrics_interval,
+                                       tracking_uri=self.uri)
+        monitor.start()
+        self._monitors[run_id] = monitor
+
+    def _stop_system_metrics(self, run_id: str) -> None:
+        monitor = self._monitors.pop(run_id, None)
+        if monitor is not None:
+            monitor.finish()
 
     def end_trial(self, run_id: str, state: str, *, reason: str | None = None,
                   metrics: dict[str, float] | None = None) -> None:
         """Close a child run. PRUNED ends FINISHED (it is not a failure), with its state tag."""
+        self._stop_system_metrics(run_id)
         if metrics:
             self.log_metrics(run_id, metrics)
         tags: dict[str, Any] = {STATE_TAG: state}
@@ -194,6 +242,98 @@ class Tracker:
         self.client.update_run(self.parent_id, status="RUNNING")
         return str(info.model_uri), version
 
+    def log_onnx(self, path: Path, *, input_example: dict[str, Any], signature: Any,
+                 pip_requirements: list[str]) -> str:
+        """Log an ONNX file as an MLflow ``onnx`` model named ``onnx`` under the parent run
+        (next to the pyfunc ``model``). Returns its model URI."""
+        import mlflow
+        import onnx
+
+        assert self.parent_id
+        try:
+            with mlflow.start_run(run_id=self.parent_id):
+                info = mlflow.onnx.log_model(
+                    onnx.load(str(path)), name="onnx", input_example=input_example,
+                    signature=signature,
+                    pip_requirements=pip_requirements, save_as_external_data=False)
+        except OSError as exc:
+            raise ArchselectError(f"tracking: cannot write the ONNX model ({exc})") from None
+        self.client.update_run(self.parent_id, status="RUNNING")
+        return str(info.model_uri)
+
+
+    def update_champion(self, model_name: str, version: int, *, alias: str, metric: str,
+                        value: float, direction: str, data_hash: str) -> str:
+        """Tag a new model version with its test score and split, and move ``alias`` to it when
+        it beats the version holding the alias on the same test split (and not otherwise).
+
+        Returns:
+            One line saying what happened to the alias and why.
+        """
+        from mlflow.exceptions import MlflowException
+
+        tags = {DATA_HASH_TAG: data_hash, TEST_METRIC_TAG: metric, f"archselect.test_{metric}": value}
+        for key, tag_value in tags.items():
+            self.client.set_model_version_tag(model_name, str(version), key, str(tag_value))
+        try:
+            current = self.client.get_model_version_by_alias(model_name, alias)
+        except MlflowException:  # no version holds the alias yet
+            current = None
+        here = f"{model_name}@{alias}"
+        if current is None:
+            decision = f"{here} -> version {version} (the first {alias}; test {metric} {value:.4f})"
+        else:
+            old_hash = current.tags.get(DATA_HASH_TAG)
+            old = current.tags.get(f"archselect.test_{metric}")
+            if old_hash != data_hash or old is None:
+                return (f"{here} stays on version {current.version}: it was tested on another split "
+                        f"or metric (data hash {old_hash}, now {data_hash}), so version {version} "
+                        f"is not comparable; fix: move it by hand with MlflowClient()."
+                        f"set_registered_model_alias('{model_name}', '{alias}', {version})")
+            better = value > float(old) if direction == "maximize" else value < float(old)
+            if not better:
+                return (f"{here} stays on version {current.version} (test {metric} {float(old):.4f}"
+                        f"; version {version}: {value:.4f}, not better)")
+            decision = (f"{here} -> version {version} (test {metric} {value:.4f}, better than "
+                        f"version {current.version}'s {float(old):.4f} on the same split)")
+        self.client.set_registered_model_alias(model_name, alias, str(version))
+        return decision
+
+
+def measure_latency(module: pl.LightningModule, inputs: dict[str, Any], repeats: int = 5
+                    ) -> dict[str, float]:
+    """Inference time of ``module`` per sample, in milliseconds: on one batch of ``inputs``
+    (``latency_ms_per_sample``) and on its first sample alone (``latency_ms_single``);
+    the median of ``repeats`` timed calls after a warm-up call."""
+    import statistics
+
+    import torch
+
+    def timed(batch: dict[str, Any]) -> float:
+        times = []
+        for i in range(repeats + 1):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            module(**batch)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if i:  # the first call warms caches up
+                times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1000.0
+
+    device = module.device
+    batch = {k: v.to(device) for k, v in inputs.items()}
+    n = int(next(iter(batch.values())).shape[0])
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            return {"latency_ms_per_sample": timed(batch) / n,
+                    "latency_ms_single": timed({k: v[:1] for k, v in batch.items()})}
+    finally:
+        module.train(was_training)
+
 
 class EpochLogger(pl.Callback):
     """Logs each epoch's val metrics (after validation) and train metrics and learning rate
@@ -216,3 +356,11 @@ class EpochLogger(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(trainer, "train")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The trained model's inference latency, on one validation batch."""
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None:
+            return
+        batch = next(iter(datamodule.val_dataloader()))
+        self.tracker.log_metrics(self.run_id, measure_latency(pl_module, batch["inputs"]))

@@ -14,6 +14,7 @@ import archselect.config.schema  # noqa: F401  (registers the schema)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # tests never touch the network
 
 # Small and fast, but real: the built-in data, real stores, real training.
 TEXT_ONLY = ["data.max_samples=450", "data.vocab_size=2000"]

@@ -95,6 +95,11 @@ def test_unknown_group_choice_lists_options() -> None:
     assert "did you mean 'text_classification'" in msg
 
 
+def test_export_switch_is_typed() -> None:
+    msg = precheck(["export.onnx=maybe"])
+    assert msg is not None and msg.startswith("export.onnx:")
+
+
 def test_valid_overrides_pass_precheck() -> None:
     assert precheck(["search.n_trials=3", "data=csv", "data.path=a.csv"]) is None
 
@@ -120,6 +125,8 @@ def test_unknown_data_key_fails_with_full_key(make_cfg) -> None:
      r"arch.pretrained.model.encoder: cannot be loaded offline"),
     ("arch.lstm.model=wide", r"arch.lstm.model: must be a mapping"),
     ("data=iris", r"data.source: not a source of text data; given 'sklearn'"),
+    ("tracking.system_metrics_interval=0", r"tracking.system_metrics_interval: must be a positive"),
+    ("export.onnx_tolerance=-1", r"export.onnx_tolerance: must be a positive number"),
 ])
 def test_invalid_configs_fail_before_any_store(make_cfg, tmp_path: Path, override: str,
                                                pattern: str) -> None:

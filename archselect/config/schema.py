@@ -52,6 +52,14 @@ class TrackingConfig:
     experiment: str = MISSING
     register: bool = MISSING
     model_name: str = MISSING
+    champion_alias: str = MISSING
+    system_metrics_interval: float | None = MISSING
+
+
+@dataclass
+class ExportConfig:
+    onnx: bool = MISSING
+    onnx_tolerance: float = MISSING
 
 
 @dataclass
@@ -78,6 +86,7 @@ class ArchselectConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     selector: SelectorConfig = field(default_factory=SelectorConfig)
     seed: int = MISSING
     dry_run: bool = MISSING

@@ -75,6 +75,13 @@ def check_numbers(cfg: Any) -> None:
     if cfg.search.timeout is not None and cfg.search.timeout <= 0:
         raise ConfigError("search.timeout", "must be a positive number of seconds, or null",
                           given=cfg.search.timeout)
+    interval = cfg.tracking.system_metrics_interval
+    if interval is not None and interval <= 0:
+        raise ConfigError("tracking.system_metrics_interval", "must be a positive number of "
+                          "seconds, or null to turn system metrics off", given=interval)
+    if cfg.export.onnx_tolerance <= 0:
+        raise ConfigError("export.onnx_tolerance", "must be a positive number",
+                          given=cfg.export.onnx_tolerance, fix="e.g. 1e-4")
 
 
 def check_runs_dir(cfg: Any) -> Path:

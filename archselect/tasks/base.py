@@ -19,6 +19,10 @@ from archselect.data.base import DataSpec
 class FamilyModule(pl.LightningModule):
     #: what the family's targets are: ``"classes"`` or ``"continuous"``
     target_kind = "classes"
+    #: the test metric that decides whether a new model beats the registered champion, and its
+    #: direction; empty: ``task.monitor`` without ``val_``, in ``task.direction``
+    test_metric = ""
+    test_direction = ""
 
     """Any registered architecture, built from names and plain values only.
 

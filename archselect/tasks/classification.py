@@ -17,6 +17,9 @@ from archselect.tasks.base import FamilyModule
 class ClassificationModule(FamilyModule):
     """Any registered architecture trained as a classifier (see FamilyModule for the args)."""
 
+    test_metric = "macro_f1"
+    test_direction = "maximize"
+
     def __init__(self, arch: str, arch_kwargs: dict[str, Any], optim: dict[str, Any],
                  spec: dict[str, Any], max_epochs: int) -> None:
         super().__init__(arch, arch_kwargs, optim, spec, max_epochs)

@@ -26,6 +26,8 @@ class ForecastingModule(FamilyModule):
     """
 
     target_kind = "forecast"
+    test_metric = "mase"
+    test_direction = "minimize"
 
     def __init__(self, arch: str, arch_kwargs: dict[str, Any], optim: dict[str, Any],
                  spec: dict[str, Any], max_epochs: int) -> None:

@@ -22,6 +22,8 @@ class RegressionModule(FamilyModule):
     """
 
     target_kind = "continuous"
+    test_metric = "rmse"
+    test_direction = "minimize"
 
     def __init__(self, arch: str, arch_kwargs: dict[str, Any], optim: dict[str, Any],
                  spec: dict[str, Any], max_epochs: int) -> None:
