@@ -227,3 +227,21 @@ def test_classification_study_on_basic_motions(make_cfg) -> None:
     out = model.predict(frame)
     assert list(out["series_id"]) == ["x", "y"]
     assert set(out["label"]) <= {"Badminton", "Running", "Standing", "Walking"}
+
+
+@pytest.mark.parametrize("arch,kw", [
+    ("mlp", {"hidden_size": 16, "depth": 1, "activation": "relu", "dropout": 0.0}),
+    ("series_lstm", {"hidden_size": 8, "num_layers": 1, "dropout": 0.0, "bidirectional": True}),
+    ("series_transformer", {"d_model": 16, "nhead": 2, "num_layers": 1, "dropout": 0.0,
+                            "patch_size": 3}),
+])
+def test_series_models_export_to_onnx(tmp_path: Path, arch: str, kw: dict[str, Any]) -> None:
+    from archselect.export import export_onnx
+    from archselect.tasks.forecasting import ForecastingModule
+
+    dm = SeriesDataModule(series_cfg(monthly_csv(tmp_path)), seed=0, cache_dir=tmp_path)
+    spec = dm.for_trial(None, batch_size=8, num_workers=0)
+    module = ForecastingModule(arch, kw, {"lr": 1e-3, "weight_decay": 0.0}, spec.to_dict(), 1)
+    inputs = next(iter(dm.test_dataloader()))["inputs"]
+    done = export_onnx(module.eval(), inputs, tmp_path / "m.onnx", 1e-4)
+    assert done.max_abs_diff < 1e-4 and done.output.shape[1] == 6
