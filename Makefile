@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: setup run test lint ui clean
+.PHONY: setup run test lint ui clean bench
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "archselect needs Python 3.11+"'
@@ -41,6 +41,16 @@ test: lint
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000
+
+# The quick benchmarks (1-5, under 10 minutes); then benchmarks/RESULTS.md is regenerated.
+# Quality per budget is long: .venv/bin/python benchmarks/quality.py --budgets 5,15
+bench: setup
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/bookkeeping.py
+	$(BIN)/python benchmarks/pruning.py
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf runs/* .pytest_cache .mypy_cache .ruff_cache
