@@ -44,6 +44,7 @@ ui: setup
 
 # The quick benchmarks (1-5, under 10 minutes); then benchmarks/RESULTS.md is regenerated.
 # Quality per budget is long: .venv/bin/python benchmarks/quality.py --budgets 5,15
+# ARCHSELECT_BENCH_THREADS=N sets torch threads (default: torch's own).
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/startup.py

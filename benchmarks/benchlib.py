@@ -29,6 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+# Torch threads for every benchmark (and the processes it starts); unset: torch's default.
+THREADS_ENV = "ARCHSELECT_BENCH_THREADS"
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 # Every study a benchmark runs gets these: no bars in logs, nothing registered by accident.
@@ -36,12 +38,17 @@ QUIET = ["trainer.progress_bar=false"]
 
 
 def machine() -> dict[str, Any]:
-    """Cores, torch threads, device, load average and versions: printed and stored with results."""
+    """Cores, torch threads, device, load average and versions: printed and stored with results.
+
+    Sets torch's threads first where ``ARCHSELECT_BENCH_THREADS`` asks for a number."""
     import lightning
     import mlflow
     import optuna
     import torch
 
+    if os.environ.get(THREADS_ENV):
+        torch.set_num_threads(int(os.environ[THREADS_ENV]))
+        os.environ["OMP_NUM_THREADS"] = os.environ[THREADS_ENV]  # for the processes started
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
