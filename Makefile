@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup run test lint ui dashboard clean
+.PHONY: setup run test lint ui dashboard clean bench
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "archselect needs Python 3.11+"'
@@ -53,6 +53,17 @@ ui: setup
 
 dashboard: setup
 	$(BIN)/optuna-dashboard sqlite:///runs/optuna.db --host 127.0.0.1 --port 8080
+
+# The quick benchmarks (1-5, under 10 minutes); then benchmarks/RESULTS.md is regenerated.
+# Quality per budget is long: .venv/bin/python benchmarks/quality.py --budgets 5,15
+# ARCHSELECT_BENCH_THREADS=N sets torch threads (default: torch's own).
+bench: setup
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/bookkeeping.py
+	$(BIN)/python benchmarks/pruning.py
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf runs/* .pytest_cache .mypy_cache .ruff_cache

@@ -17,8 +17,20 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
+from sklearn.pipeline import make_pipeline
 
 from archselect.data.text import TextDataModule
+
+
+def tfidf_logreg(texts: dict[str, list[str]], labels: dict[str, np.ndarray]) -> np.ndarray:
+    """TF-IDF (word 1-2 grams) + logistic regression, C picked on the validation split (as
+    archselect picks trials); returns the test split's predictions."""
+    from benchlib import best_on_val
+
+    return best_on_val(
+        [make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
+                       LogisticRegression(C=c, max_iter=3000)) for c in (1.0, 4.0, 16.0)],
+        texts, labels)
 
 
 def main() -> None:
@@ -38,16 +50,7 @@ def main() -> None:
     out["majority_class"] = {"accuracy": accuracy_score(y_test, majority),
                              "macro_f1": f1_score(y_test, majority, average="macro")}
     start = time.perf_counter()
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-    x_train = vec.fit_transform(dm.texts["train"])
-    best = None
-    for c in (1.0, 4.0, 16.0):  # C picked on the validation split, as archselect picks trials
-        clf = LogisticRegression(C=c, max_iter=3000).fit(x_train, y_train)
-        val = f1_score(dm.labels["val"], clf.predict(vec.transform(dm.texts["val"])), average="macro")
-        if best is None or val > best[0]:
-            best = (val, clf)
-    assert best is not None
-    pred = best[1].predict(vec.transform(dm.texts["test"]))
+    pred = tfidf_logreg(dm.texts, dm.labels)
     out["tfidf_logreg"] = {"accuracy": accuracy_score(y_test, pred),
                            "macro_f1": f1_score(y_test, pred, average="macro"),
                            "seconds": time.perf_counter() - start}
