@@ -53,7 +53,11 @@ def _main(cfg: DictConfig) -> None:
     from archselect.run import run
 
     try:
-        run(cfg)
+        result = run(cfg)
+        if result.outcome is not None and result.outcome.interrupted:
+            fail(f"interrupted ({result.outcome.stopped_by}): the finished trials are kept and "
+                 "the best model so far is registered; fix: run the same command again to "
+                 "resume", code=130)
     except ArchselectError as exc:
         if _full_error():
             raise

@@ -50,8 +50,13 @@ class Tracker:
         _quiet()
 
         if uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True,
-                                                                           exist_ok=True)
+            try:
+                Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True,
+                                                                               exist_ok=True)
+            except OSError as exc:
+                raise ConfigError("tracking.uri", f"its folder cannot be created ({exc.strerror})",
+                                  given=mask_secrets(uri),
+                                  fix="point it into a writable folder") from None
         self.uri = uri
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(tracking_uri=uri)
