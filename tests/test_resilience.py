@@ -126,7 +126,7 @@ def test_sigterm_ends_the_trial_cleanly_and_registers_the_best_so_far(tmp_path: 
     assert "interrupted" in stopped.data.tags["archselect.fail_reason"]
     (parent,) = client.search_runs([exp], "tags.`archselect.role` = 'study'")
     assert parent.info.status == "FINISHED"
-    assert client.get_latest_versions("archselect-tabular_classification")
+    assert client.search_model_versions("name = 'archselect-tabular_classification'")
 
 
 def test_failing_trials_are_recorded_and_max_failures_stops_the_study(tmp_path: Path) -> None:

@@ -306,7 +306,7 @@ def enqueue_baselines(study: optuna.Study, candidates: list[Candidate]) -> int:
         if (cand.name, True) in tried:
             continue
         params = {"arch": cand.name, **{f"{cand.name}.{k}": v for k, v in cand.defaults().items()}}
-        study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
+        study.enqueue_trial(params, user_attrs={"baseline": True})
         queued += 1
     return queued
 
