@@ -135,7 +135,9 @@ def describe_compose_error(exc: BaseException, overrides: list[str]) -> str:
             if hint:
                 text += f" (did you mean {parent + '.' if parent else ''}{hint}?)"
             return text + "; fix: check the spelling (archselect --cfg job shows every key)"
-        return str(ConfigError(full_key or "config", msg, given=given))
+        return str(ConfigError(full_key or "config", msg, given=given,
+                               fix="give a value of the key's type (archselect --cfg job shows "
+                               "every key and its value)"))
     return str(exc).strip().splitlines()[0]
 
 

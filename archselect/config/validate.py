@@ -67,11 +67,12 @@ def check_numbers(cfg: Any) -> None:
     ]
     for key, value, low in checks:
         if value < low:
-            raise ConfigError(key, f"must be at least {low}", given=value)
+            raise ConfigError(key, f"must be at least {low}", given=value,
+                              fix=f"set {key}={max(low, 1)} or more")
     for key in ("timeout", "trial_timeout"):
         if s[key] is not None and s[key] <= 0:
             raise ConfigError(f"search.{key}", "must be a positive number of seconds, or null",
-                              given=s[key])
+                              given=s[key], fix=f"e.g. search.{key}=600, or null for no limit")
     if s.heartbeat_interval is not None and s.grace_period <= s.heartbeat_interval:
         raise ConfigError("search.grace_period", "must be longer than search.heartbeat_interval "
                           f"({s.heartbeat_interval})", given=s.grace_period,
