@@ -213,3 +213,59 @@ def test_same_seed_same_trials_and_metrics_and_the_study_logs_its_environment(
     first, second = once(tmp_path / "a"), once(tmp_path / "b")
     assert len(first) == 4
     assert first == second
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_a_password_in_the_tracking_uri_is_never_written_or_shown(tmp_path: Path,
+                                                                   capfd: pytest.CaptureFixture
+                                                                   ) -> None:
+    import urllib.request
+
+    secret = "s3cret-pw-42"
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+         f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "served"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        end = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < end, "no MLflow server"
+                time.sleep(0.5)
+        uri = f"http://alice:{secret}@127.0.0.1:{port}"
+        result = run(compose_cfg([*IRIS, "search.n_trials=2", "search.max_epochs=2",
+                                  "search.study_name=sec", f"tracking.uri={uri}"], tmp_path))
+        assert result.model_version == 1
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("archselect-tabular_classification")
+        assert exp is not None
+        runs = client.search_runs([exp.experiment_id])
+        assert len(runs) == 3
+        for r in runs:
+            assert secret not in repr(r.data.params) + repr(r.data.tags)
+        resolved = Path(client.download_artifacts(str(result.parent_run_id),
+                                                  "config/resolved.yaml")).read_text()
+        assert f"alice:***@127.0.0.1:{port}" in resolved and secret not in resolved
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    out, err = capfd.readouterr()
+    assert "alice:***@" in out and secret not in out + err
+    # Nothing on disk holds it: the tracking server's store and artifacts, the study, checkpoints.
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
