@@ -162,7 +162,8 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
     report.print_selection(console, sel_report)
     result = RunResult(study_name=study_name, selection=selection, spec=spec, hardware=hw)
     console.print(
-        f"Budget: up to {cfg.search.n_trials} trials, timeout {cfg.search.timeout}s, at most "
+        f"Budget: {cfg.search.n_trials} trials in the study, timeout {cfg.search.timeout}s, "
+        f"trial timeout {cfg.search.trial_timeout}s, at most "
         f"{cfg.search.max_epochs} epochs per trial (early stopping after {cfg.search.patience} "
         f"epochs without gain on {cfg.task.monitor}); storage {mask_secrets(str(cfg.search.storage))}"
     )
@@ -176,6 +177,7 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
         Objective,
         check_storage,
         open_study,
+        records,
         run_search,
         sampler_and_pruner,
     )
@@ -214,6 +216,8 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
             outcome = run_search(cfg, study, objective, on_trial=_trial_line(console, cfg))
             if outcome.interrupted:
                 workers.stop(procs)
+        if procs:  # the other workers' last trials ended after this one's loop
+            outcome.records = records(study)
         result.outcome = outcome
         monitor = str(cfg.task.monitor)
         rows = report.leaderboard(outcome, monitor)

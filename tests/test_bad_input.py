@@ -69,7 +69,7 @@ CATALOGUE: list[tuple[str, Callable[[Path], list[str]], str]] = [
      "selector.candidates: unknown architecture 'mpl'"),
     ("unknown-precision", _args("trainer.precision=fp8"), "trainer.precision: unknown precision"),
     ("storage-not-a-url", _args("search.storage=optuna.db"), "search.storage: not a storage URL"),
-    ("storage-unreachable", _args(f"search.storage=postgresql://alice:{SECRET}@127.0.0.1:1/db"),
+    ("storage-unreachable", _args(f"search.storage=mysql+pymysql://alice:{SECRET}@127.0.0.1:1/db"),
      "search.storage: cannot open the study storage"),
     ("storage-not-writable", lambda f: [*_runs_dir_is_a_file(f)[:-1],
                                         f"search.storage=sqlite:///{f}/plain.txt/optuna.db"],
