@@ -446,13 +446,13 @@ class Objective:
         monitor = str(self.cfg.task.monitor)
         mode = "max" if str(self.cfg.task.direction) == "maximize" else "min"
         dm = self.datamodule
-        dm.for_trial(cand.option, batch_size=batch_size,
-                     num_workers=int(self.cfg.trainer.num_workers), **data_opts)
+        spec = dm.for_trial(cand.option, batch_size=batch_size,
+                            num_workers=int(self.cfg.trainer.num_workers), **data_opts)
         pl.seed_everything(int(self.cfg.seed) + trial.number, workers=True, verbose=False)
         module = self.family_cls(
             arch=cand.name, arch_kwargs=model_kw,
             optim={"lr": optim["lr"], "weight_decay": optim["weight_decay"]},
-            spec=dm.spec.to_dict(), max_epochs=cand.max_epochs,
+            spec=spec.to_dict(), max_epochs=cand.max_epochs,
         )
         trial.set_user_attr("n_params", count_parameters(module.model))
         ckpt = ModelCheckpoint(dirpath=self.ckpt_root / f"trial-{trial.number}",
