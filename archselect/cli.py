@@ -53,7 +53,11 @@ def _main(cfg: DictConfig) -> None:
     from archselect.run import run
 
     try:
-        run(cfg)
+        result = run(cfg)
+        if result.outcome is not None and result.outcome.interrupted:
+            fail(f"interrupted ({result.outcome.stopped_by}): the finished trials are kept and "
+                 "the best model so far is registered; fix: run the same command again to "
+                 "resume", code=130)
     except ArchselectError as exc:
         if _full_error():
             raise
@@ -131,7 +135,9 @@ def describe_compose_error(exc: BaseException, overrides: list[str]) -> str:
             if hint:
                 text += f" (did you mean {parent + '.' if parent else ''}{hint}?)"
             return text + "; fix: check the spelling (archselect --cfg job shows every key)"
-        return str(ConfigError(full_key or "config", msg, given=given))
+        return str(ConfigError(full_key or "config", msg, given=given,
+                               fix="give a value of the key's type (archselect --cfg job shows "
+                               "every key and its value)"))
     return str(exc).strip().splitlines()[0]
 
 

@@ -87,15 +87,19 @@ def _swept_keys() -> set[str]:
     return {o.key_or_group for o in parsed if o.is_sweep_override()}
 
 
-def run(cfg: Any, console: Console | None = None) -> RunResult:
-    """Run one study end to end and return what it found.
+@dataclass
+class Prepared:
+    """The checked config's data, hardware and selection: what every worker of a study needs."""
 
-    Raises:
-        ArchselectError: for anything the user can fix (bad config, bad data, ...).
-    """
-    if console is None:
-        # Piped output (logs, CI) gets a wide table instead of rich's 80-column default.
-        console = Console() if sys.stdout.isatty() else Console(width=140)
+    family_cls: Any
+    dm: Any
+    spec: DataSpec
+    hw: HardwareProfile
+    selection: Selection
+
+
+def prepare(cfg: Any, console: Console) -> Prepared:
+    """validate -> load + profile data -> profile hardware -> select. Writes to no store."""
     _quiet_libraries()
     row = table_row(cfg)
     validate(cfg, row["data_kind"])
@@ -137,6 +141,21 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
     selection = select(cfg, spec, hw)
     if switched:
         selection.notes.insert(0, switched)
+    return Prepared(family_cls, dm, spec, hw, selection)
+
+
+def run(cfg: Any, console: Console | None = None) -> RunResult:
+    """Run one study end to end and return what it found.
+
+    Raises:
+        ArchselectError: for anything the user can fix (bad config, bad data, ...).
+    """
+    if console is None:
+        # Piped output (logs, CI) gets a wide table instead of rich's 80-column default.
+        console = Console() if sys.stdout.isatty() else Console(width=140)
+    prep = prepare(cfg, console)
+    family_cls, dm, spec, hw, selection = (prep.family_cls, prep.dm, prep.spec, prep.hw,
+                                           prep.selection)
     study_name = study_name_for(cfg)
 
     from archselect import report
@@ -145,7 +164,8 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
     report.print_selection(console, sel_report)
     result = RunResult(study_name=study_name, selection=selection, spec=spec, hardware=hw)
     console.print(
-        f"Budget: up to {cfg.search.n_trials} trials, timeout {cfg.search.timeout}s, at most "
+        f"Budget: {cfg.search.n_trials} trials in the study, timeout {cfg.search.timeout}s, "
+        f"trial timeout {cfg.search.trial_timeout}s, at most "
         f"{cfg.search.max_epochs} epochs per trial (early stopping after {cfg.search.patience} "
         f"epochs without gain on {cfg.task.monitor}); storage {mask_secrets(str(cfg.search.storage))}"
     )
@@ -154,14 +174,25 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
         result.dry_run = True
         return result
 
-    from archselect.search.study import Objective, open_study, run_search
+    from archselect.search import workers
+    from archselect.search.study import (
+        Objective,
+        check_storage,
+        open_study,
+        records,
+        run_search,
+        sampler_and_pruner,
+    )
     from archselect.tracking import Tracker
 
-    # The tracking store is checked first: a bad URI must not leave an empty study behind.
+    # Sampler, pruner and storage are checked, then the tracking store: a bad value in either
+    # must not leave an empty study or experiment behind.
+    sampler_and_pruner(cfg)
+    check_storage(cfg.search.storage)
     tracker = Tracker(str(cfg.tracking.uri), str(cfg.tracking.experiment),
                       str(cfg.tracking.artifact_location),
                       system_metrics_interval=cfg.tracking.system_metrics_interval)
-    study = open_study(cfg, study_name, selection, spec)
+    study = open_study(cfg, study_name, selection, spec, tracker=tracker)
     parent = tracker.start_study(study_name, {
         "archselect.task": selection.task, "archselect.data": str(cfg.data.name),
         "archselect.data_hash": spec.data_hash,
@@ -178,11 +209,19 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
         tracker.log_text(json.dumps(sel_report, indent=2, default=str), "selection/report.json")
         tracker.log_params(parent, {"seed": cfg.seed, "task": selection.task,
                                     "data": cfg.data.name, "data_hash": spec.data_hash,
-                                    "storage": cfg.search.storage, "study": study_name})
+                                    "storage": cfg.search.storage, "study": study_name,
+                                    "deterministic": cfg.trainer.deterministic,
+                                    **workers.package_versions()})
         _log_dataset(tracker, cfg, spec)
         objective = Objective(cfg, study_name, selection, dm, spec, hw, tracker, family_cls)
-        console.rule(f"Search: up to {cfg.search.n_trials} trials, timeout {cfg.search.timeout}s")
-        outcome = run_search(cfg, study, objective, on_trial=_trial_line(console, cfg))
+        console.rule(f"Search: up to {cfg.search.n_trials} trials, timeout {cfg.search.timeout}s"
+                     + (f", {cfg.search.n_workers} workers" if cfg.search.n_workers > 1 else ""))
+        with workers.spawned(cfg, study_name, hw) as procs:
+            outcome = run_search(cfg, study, objective, on_trial=_trial_line(console, cfg))
+            if outcome.interrupted:
+                workers.stop(procs)
+        if procs:  # the other workers' last trials ended after this one's loop
+            outcome.records = records(study)
         result.outcome = outcome
         monitor = str(cfg.task.monitor)
         rows = report.leaderboard(outcome, monitor)
@@ -192,6 +231,13 @@ def run(cfg: Any, console: Console | None = None) -> RunResult:
                          "leaderboard/leaderboard.html")
         _log_optuna_plots(tracker, study)
         best = outcome.best
+        if outcome.stopped_by == "search.max_failures":
+            message = (f"search.max_failures: {cfg.search.max_failures} trials failed in a row "
+                       f"(last: {outcome.last_failure}); fix: see the reasons above, then rerun "
+                       "the same command to resume, or raise search.max_failures")
+            if best is None:
+                raise ArchselectError(message)
+            console.print(f"[bold yellow]Stopped[/]: {message}", soft_wrap=True)
         if best is None:
             raise ArchselectError(
                 f"search: no trial of study {study_name!r} completed "
@@ -223,13 +269,13 @@ def _dashboard_hint(uri: str, experiment: str) -> str:
             f"(then open the experiment {experiment})")
 
 
-def _trial_line(console: Console, cfg: Any) -> Any:
+def _trial_line(console: Console, cfg: Any, prefix: str = "") -> Any:
     monitor = str(cfg.task.monitor)
 
     def on_trial(study: Any, trial: Any) -> None:
         value = f"{monitor}={trial.value:.4f}" if trial.value is not None else ""
         reason = trial.user_attrs.get("fail_reason", "")
-        console.print(f"trial {trial.number:>3} {trial.params.get('arch', '?'):<18} "
+        console.print(f"{prefix}trial {trial.number:>3} {trial.params.get('arch', '?'):<18} "
                       f"{trial.state.name:<8} {value} {reason}".rstrip())
 
     return on_trial

@@ -39,6 +39,8 @@ def trial_description(study_name: str, number: int, arch: str, params: dict[str,
 
 def _quiet() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow prints run links built from the tracking URI, password included; ours are masked.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -60,8 +62,13 @@ class Tracker:
         _quiet()
 
         if uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True,
-                                                                           exist_ok=True)
+            try:
+                Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True,
+                                                                               exist_ok=True)
+            except OSError as exc:
+                raise ConfigError("tracking.uri", f"its folder cannot be created ({exc.strerror})",
+                                  given=mask_secrets(uri),
+                                  fix="point it into a writable folder") from None
         self.uri = uri
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(tracking_uri=uri)

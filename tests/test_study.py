@@ -79,8 +79,8 @@ def test_two_trial_study_end_to_end_and_resume(make_cfg, tmp_path: Path) -> None
     accuracy = sum(a == b for a, b in zip(served, truth, strict=True)) / len(truth)
     assert accuracy == pytest.approx(result.test_metrics["accuracy"], abs=1e-6)
 
-    # Resume: same study name, one more trial; nothing duplicated.
-    result2 = run(make_cfg(*SMALL, "search.n_trials=1"))
+    # Resume: same study name, a budget of three trials: one more; nothing duplicated.
+    result2 = run(make_cfg(*SMALL, "search.n_trials=3"))
     study = optuna.load_study(study_name="s1", storage=storage)
     assert len(study.trials) == 3
     assert len({t.number for t in study.trials}) == 3
@@ -155,7 +155,7 @@ def test_resume_runs_queued_baselines_once(make_cfg, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = optuna.load_study(study_name="q", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "WAITING"]
-    run(make_cfg(*SMALL[:1], "search.study_name=q", "search.n_trials=1"))
+    run(make_cfg(*SMALL[:1], "search.study_name=q", "search.n_trials=2"))
     study = optuna.load_study(study_name="q", storage=storage)
     assert [(t.params["arch"], t.state.name) for t in study.trials] == [
         ("bag_of_embeddings", "COMPLETE"), ("lstm", "COMPLETE")]
@@ -198,10 +198,9 @@ def test_pretrained_encoder_from_a_local_folder_trains_and_serves(make_cfg,
     assert out["label"].iloc[0] in {"fresh", "plot", "rotten"}
 
 
-def test_search_timeout_is_a_wall_the_running_trial_stops_at(make_cfg) -> None:
+def test_search_timeout_starts_no_new_trial_the_running_one_finishes(make_cfg) -> None:
     result = run(make_cfg("selector.candidates=[lstm]", "search.study_name=t", "search.n_trials=5",
-                          "search.max_epochs=500", "search.patience=500", "search.timeout=8"))
-    assert result.outcome.stopped_by == "timeout"
-    assert result.outcome.elapsed_s < 25
+                          "search.max_epochs=2", "search.timeout=1"))
+    assert result.outcome.stopped_by == "search.timeout"
     (record,) = result.outcome.records
-    assert record.state == "COMPLETE" and 0 < record.epochs < 500
+    assert record.state == "COMPLETE" and record.epochs >= 1

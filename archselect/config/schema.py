@@ -26,6 +26,11 @@ class SearchConfig:
     storage: str = MISSING
     n_trials: int = MISSING
     timeout: float | None = MISSING
+    trial_timeout: float | None = MISSING
+    max_failures: int | None = MISSING
+    n_workers: int = MISSING
+    heartbeat_interval: int | None = MISSING
+    grace_period: int = MISSING
     max_epochs: int = MISSING
     patience: int = MISSING
     enqueue_baselines: bool = MISSING

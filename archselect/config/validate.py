@@ -63,18 +63,29 @@ def check_data(cfg: Any, kind: str) -> None:
 
 def check_numbers(cfg: Any) -> None:
     """Budgets and counts that must be positive."""
+    s = cfg.search
     checks = [
-        ("search.n_trials", cfg.search.n_trials, 1),
-        ("search.max_epochs", cfg.search.max_epochs, 1),
-        ("search.patience", cfg.search.patience, 0),
+        ("search.n_trials", s.n_trials, 1),
+        ("search.max_epochs", s.max_epochs, 1),
+        ("search.patience", s.patience, 0),
+        ("search.n_workers", s.n_workers, 1),
+        ("search.max_failures", 1 if s.max_failures is None else s.max_failures, 1),
+        ("search.heartbeat_interval", 1 if s.heartbeat_interval is None else s.heartbeat_interval,
+         1),
         ("trainer.num_workers", cfg.trainer.num_workers, 0),
     ]
     for key, value, low in checks:
         if value < low:
-            raise ConfigError(key, f"must be at least {low}", given=value)
-    if cfg.search.timeout is not None and cfg.search.timeout <= 0:
-        raise ConfigError("search.timeout", "must be a positive number of seconds, or null",
-                          given=cfg.search.timeout)
+            raise ConfigError(key, f"must be at least {low}", given=value,
+                              fix=f"set {key}={max(low, 1)} or more")
+    for key in ("timeout", "trial_timeout"):
+        if s[key] is not None and s[key] <= 0:
+            raise ConfigError(f"search.{key}", "must be a positive number of seconds, or null",
+                              given=s[key], fix=f"e.g. search.{key}=600, or null for no limit")
+    if s.heartbeat_interval is not None and s.grace_period <= s.heartbeat_interval:
+        raise ConfigError("search.grace_period", "must be longer than search.heartbeat_interval "
+                          f"({s.heartbeat_interval})", given=s.grace_period,
+                          fix="give it at least twice the heartbeat interval")
     interval = cfg.tracking.system_metrics_interval
     if interval is not None and interval <= 0:
         raise ConfigError("tracking.system_metrics_interval", "must be a positive number of "
@@ -90,13 +101,18 @@ def check_runs_dir(cfg: Any) -> Path:
     if "~" in str(cfg.runs_dir):
         raise ConfigError("runs_dir", "a '~' is not expanded inside the stores' URLs",
                           given=str(cfg.runs_dir), fix="give the path without ~ (e.g. $HOME/runs)")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
+    if not writable_folder(path):
         raise ConfigError("runs_dir", "is not a writable folder", given=str(cfg.runs_dir),
                           fix="choose a folder you can write to, e.g. runs_dir=./runs")
     return path
+
+
+def writable_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder we can write to, or could be created as one."""
+    probe = Path(path).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK)
 
 
 def validate(cfg: Any, data_kind: str) -> None:

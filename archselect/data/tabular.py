@@ -133,7 +133,8 @@ class TabularDataModule(BaseDataModule):
             names = sorted(set(labels_str.tolist()))
             if len(names) < 2:
                 raise DataError(f"data.target: column {target!r} has a single class {names[0]!r}; "
-                                "classification needs at least 2")
+                                "classification needs at least 2; fix: add rows of another class "
+                                "or choose another data.target")
             index = {n: i for i, n in enumerate(names)}
             y = np.array([index[s] for s in labels_str], dtype=np.int64)
             split = stratified_split(y, val_fraction=float(self.cfg["val_fraction"]),

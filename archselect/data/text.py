@@ -79,7 +79,8 @@ def load_file(cfg: dict[str, Any]) -> pd.DataFrame:
         ) from None
     except (pd.errors.ParserError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"data.path: cannot parse {path} as {fmt}: {first}") from None
+        raise DataError(f"data.path: cannot parse {path} as {fmt}: {first}; fix: give every line "
+                        "as many fields as the header (quote fields that hold commas)") from None
     return frame
 
 
