@@ -185,9 +185,13 @@ def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
     rules = cfg.selector.rules
     n_train = int(spec.profile.get("splits", {}).get("train", 0))
     unit = {"series": "windows", "sequences": "series"}.get(spec.kind, "samples")
+    def applies(rule: Any) -> bool:  # a rule may name the data kinds it is for
+        return rule is not None and spec.kind in (rule.get("kinds") or [spec.kind]) and (
+            n_train < int(rule.min_train_samples))
+
     for rule_name in ("small_data", "few_windows"):
         small = rules.get(rule_name)
-        if small is None or n_train >= int(small.min_train_samples):
+        if not applies(small):
             continue
         for name in small.drop:
             if name in names and asked is None and len(names) > 1:
@@ -209,7 +213,7 @@ def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
     cap_why = ""
     for rule_name in ("small_data", "few_windows"):
         small = rules.get(rule_name)
-        if small is not None and n_train < int(small.min_train_samples):
+        if applies(small):
             for arch, limits in (small.get("cap") or {}).items():
                 caps.setdefault(arch, {}).update(dict(limits))
                 cap_why = f"only {n_train} training {unit} (< {small.min_train_samples})"
