@@ -179,7 +179,7 @@ class ImageModel(_CheckpointModel):
         img = Image.fromarray(arr).convert("L" if c == 1 else "RGB")
         if img.size != (w, h):
             img = img.resize((w, h))
-        out = np.asarray(img, dtype=np.uint8)
+        out = np.array(img, dtype=np.uint8)  # a writable copy for torch
         t = torch.as_tensor(out[..., None] if out.ndim == 2 else out).permute(2, 0, 1)
         mean = torch.tensor(self.meta["mean"])[:, None, None]
         std = torch.tensor(self.meta["std"])[:, None, None]
