@@ -601,6 +601,9 @@ class SequenceDataModule(BaseDataModule):
         if self.spec is not None:
             return self.spec
         cfg = self.cfg
+        if cfg.get("max_samples") is not None:  # the key exists for data=csv's sake; unread here
+            raise ConfigError("data.max_samples", "series classification keeps every series",
+                              given=cfg["max_samples"], fix="leave data.max_samples=null")
         check_fractions(float(cfg["val_fraction"]), float(cfg["test_fraction"]))
         frame = data_sources.get(str(cfg["source"]))(cfg)
         if len(frame) == 0:
