@@ -1,13 +1,18 @@
-"""The hardware profile: CPU cores, memory, GPUs and what precision they support."""
+"""The hardware profile: CPU cores, memory, GPUs and what precision they support; and the
+versions of the packages that decide a study's numbers."""
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from archselect.config.errors import ConfigError
 
+#: packages whose versions decide a study's numbers; logged with every study
+PACKAGES = ("torch", "lightning", "optuna", "optuna-integration", "mlflow", "numpy",
+            "scikit-learn", "pandas", "hydra-core", "tokenizers", "transformers", "torchvision")
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 
@@ -31,7 +36,7 @@ class HardwareProfile:
         return asdict(self)
 
 
-def profile_hardware(trainer_cfg: dict[str, Any]) -> HardwareProfile:
+def profile_hardware(accelerator: str, precision: str) -> HardwareProfile:
     """Read the machine and resolve ``trainer.accelerator`` and ``trainer.precision``.
 
     Raises:
@@ -40,8 +45,7 @@ def profile_hardware(trainer_cfg: dict[str, Any]) -> HardwareProfile:
     import psutil
     import torch
 
-    accel = str(trainer_cfg["accelerator"])
-    precision = str(trainer_cfg["precision"])
+    accel = accelerator
     if accel not in ACCELERATORS:
         raise ConfigError("trainer.accelerator", "unknown accelerator", given=accel,
                           allowed=ACCELERATORS)
@@ -77,3 +81,16 @@ def profile_hardware(trainer_cfg: dict[str, Any]) -> HardwareProfile:
         accelerator="gpu" if use_gpu else "cpu",
         precision=precision,
     )
+
+
+def package_versions() -> dict[str, str]:
+    """``version.<package>`` -> installed version, for the study's parent run."""
+    from importlib import metadata
+
+    out = {"version.python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[f"version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out

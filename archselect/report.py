@@ -10,8 +10,9 @@ from rich.table import Table
 
 from archselect.data.base import DataSpec
 from archselect.hardware import HardwareProfile
-from archselect.search.study import StudyOutcome, TrialRecord
+from archselect.search.trials import StudyOutcome, TrialRecord
 from archselect.selector import Selection
+from archselect.tracking import mask_secrets
 
 
 def selection_dict(spec: DataSpec, hw: HardwareProfile, selection: Selection,
@@ -40,6 +41,47 @@ def selection_markdown(report: dict[str, Any]) -> str:
     if sel["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in sel["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def budget_line(n_trials: int, timeout: float | None, trial_timeout: float | None,
+                max_epochs: int, patience: int, monitor: str, storage: str) -> str:
+    """The study's budget, as printed before the search."""
+    return (f"Budget: {n_trials} trials in the study, timeout {timeout}s, trial timeout "
+            f"{trial_timeout}s, at most {max_epochs} epochs per trial (early stopping after "
+            f"{patience} epochs without gain on {monitor}); storage {mask_secrets(storage)}")
+
+
+def trial_line(console: Console, monitor: str, prefix: str = "") -> Any:
+    """An Optuna callback printing one line per finished trial (``prefix``: the worker)."""
+
+    def on_trial(study: Any, trial: Any) -> None:
+        value = f"{monitor}={trial.value:.4f}" if trial.value is not None else ""
+        reason = trial.user_attrs.get("fail_reason", "")
+        console.print(f"{prefix}trial {trial.number:>3} {trial.params.get('arch', '?'):<18} "
+                      f"{trial.state.name:<8} {value} {reason}".rstrip())
+
+    return on_trial
+
+
+def summary_line(outcome: StudyOutcome, best: TrialRecord, test: dict[str, float],
+                 model_name: str, model_version: int | None, model_uri: str | None,
+                 tracking_uri: str, experiment: str) -> str:
+    """The last line: time, what stopped the study, the best model, where it is, the dashboard."""
+    registered = (f"Model registered as [bold]{model_name}[/] version {model_version}. "
+                  if model_version else
+                  f"Model logged at {model_uri} (tracking.register=false). ")
+    return (f"[bold green]Done[/] in {outcome.elapsed_s:.0f}s (stopped by {outcome.stopped_by}). "
+            f"Best: trial {best.number} {best.arch}, test "
+            + ", ".join(f"{k} {v:.4f}" for k, v in test.items()) + ". " + registered
+            + dashboard_hint(tracking_uri, experiment))
+
+
+def dashboard_hint(uri: str, experiment: str) -> str:
+    """How to open the study in MLflow's dashboard."""
+    if uri.startswith(("http://", "https://")):
+        return f"Dashboard: open {mask_secrets(uri)} (experiment {experiment})"
+    return (f"Dashboard: mlflow ui --backend-store-uri {mask_secrets(uri)} --host 127.0.0.1 "
+            f"(then open the experiment {experiment})")
 
 
 def print_selection(console: Console, report: dict[str, Any]) -> None:

@@ -1,4 +1,10 @@
-"""Table + data profile + hardware profile -> Selection: candidates, reasons, search spaces."""
+"""Table + data profile + hardware profile -> Selection: candidates, reasons, search spaces.
+
+Every rule lives here and says why it fired: the rules that drop, cap or fix candidates (read from
+``selector.rules``), and the rule that switches the task itself (a classification whose target
+turns out continuous runs as a regression). Nothing here changes the config: a rule returns a
+new ``Task`` or ``Selection``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,39 @@ from typing import Any
 
 from archselect.architectures import architectures, check_hparams
 from archselect.config.errors import ConfigError
+from archselect.config.schema import (
+    ArchConfig,
+    RowConfig,
+    RulesConfig,
+    SelectorConfig,
+    SizeRule,
+    TaskConfig,
+    TaskSwitchRule,
+)
+from archselect.config.validate import check_row
 from archselect.data.base import DataSpec
 from archselect.hardware import HardwareProfile
-from archselect.search.space import Param, parse_param
+from archselect.space import Param, parse_param
 
-ARCH_KEYS = {"description", "why", "input", "model", "optim", "data", "space"}
-OPTIM_KEYS = ("lr", "weight_decay", "batch_size")
+DIRECTIONS = ("maximize", "minimize")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One row of the table, resolved: what the study predicts and how it is judged."""
+
+    name: str
+    family: str
+    data_kind: str
+    candidates: tuple[str, ...]
+    description: str
+    monitor: str
+    direction: str
+
+    @property
+    def mode(self) -> str:
+        """``max`` or ``min``, as Lightning's callbacks take it."""
+        return "max" if self.direction == "maximize" else "min"
 
 
 @dataclass
@@ -49,77 +82,62 @@ class Candidate:
 class Selection:
     """What the selector decided, and why."""
 
-    task: str
-    family: str
-    description: str
+    task: Task
     candidates: list[Candidate]
     dropped: dict[str, str]
     notes: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out: dict[str, Any] = {"task": self.task.name, "family": self.task.family,
+               "description": self.task.description, "monitor": self.task.monitor,
+               "direction": self.task.direction,
+               "candidates": [asdict(c) for c in self.candidates],
+               "dropped": dict(self.dropped), "notes": list(self.notes)}
         for c, cand in zip(out["candidates"], self.candidates, strict=True):
             c["space"] = {k: p.describe() for k, p in cand.space.items()}
         return out
 
 
-def table_row(cfg: Any) -> dict[str, Any]:
+def resolve_task(task: TaskConfig, table: dict[str, RowConfig]) -> Task:
     """The table row for ``task.name``; a clear error when it is not declared or not built."""
-    table = cfg.selector.table
-    task = str(cfg.task.name)
-    if task not in table:
-        raise ConfigError("task", f"task {task!r} is not in the table", allowed=list(table))
-    row = table[task]
-    if not row.available:
-        ready = [k for k, v in table.items() if v.available]
-        raise ConfigError(
-            "task", f"task {task!r} is declared in the table but not available yet",
-            allowed=ready, fix="choose an available task",
-        )
-    return {"family": str(row.family), "candidates": list(row.candidates),
-            "data_kind": str(row.data_kind), "description": str(row.description)}
+    row = check_row(task.name, table)
+    if task.direction not in DIRECTIONS:
+        raise ConfigError("task.direction", "unknown direction", given=task.direction,
+                          allowed=DIRECTIONS)
+    return Task(name=task.name, family=row.family, data_kind=row.data_kind,
+                candidates=tuple(row.candidates), description=row.description,
+                monitor=task.monitor, direction=task.direction)
 
 
-def _arch_config(cfg: Any, name: str) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    if name not in cfg.arch:
-        raise ConfigError(f"arch.{name}", "the table names an architecture with no config file",
-                          given=name, allowed=list(cfg.arch), fix=f"add conf/arch/{name}.yaml")
-    raw = OmegaConf.to_container(cfg.arch[name], resolve=True)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"arch.{name}", "must be a mapping", given=raw)
-    node = {str(k): v for k, v in raw.items()}
-    for key in node:
-        if key not in ARCH_KEYS:
-            raise ConfigError(f"arch.{name}.{key}", "unknown key", given=key, allowed=ARCH_KEYS)
-    return node
+def continuous_target_rule(task: Task, rule: TaskSwitchRule | None,
+                           table: dict[str, RowConfig], finding: str) -> tuple[Task, str] | None:
+    """``selector.rules.continuous_target``: a ``from_task`` study whose target the data profile
+    found continuous (``finding`` says how) runs as ``to_task``. Returns the new task and the
+    report's note, or None where the rule does not apply."""
+    if rule is None or task.name != rule.from_task:
+        return None
+    switched = resolve_task(TaskConfig(name=rule.to_task, monitor=rule.monitor,
+                                       direction=rule.direction), table)
+    note = (f"{task.name} -> {switched.name}: {finding}; monitoring {switched.monitor} "
+            f"({switched.direction})")
+    return switched, note
 
 
-def _candidate(cfg: Any, name: str, max_epochs: int) -> Candidate:
-    node = _arch_config(cfg, name)
+def _candidate(name: str, arch: dict[str, ArchConfig], max_epochs: int) -> Candidate:
     key = f"arch.{name}"
-    for part in ("model", "optim", "data", "space"):
-        if not isinstance(node.get(part) or {}, dict):
-            raise ConfigError(f"{key}.{part}", "must be a mapping", given=node.get(part),
-                              fix=f"set keys below it, e.g. {key}.{part}.<name>=<value>")
-    model, optim = dict(node.get("model") or {}), dict(node.get("optim") or {})
-    data = dict(node.get("data") or {})
+    if name not in arch:
+        raise ConfigError(key, "the table names an architecture with no config file",
+                          given=name, allowed=list(arch), fix=f"add conf/arch/{name}.yaml")
+    node = arch[name]
+    model, optim, data = dict(node.model), asdict(node.optim), dict(node.data)
     check_hparams(name, model, f"{key}.model")
-    for k in optim:
-        if k not in OPTIM_KEYS:
-            raise ConfigError(f"{key}.optim.{k}", "unknown optimiser setting", given=k,
-                              allowed=OPTIM_KEYS)
-    for k in OPTIM_KEYS:
-        if k not in optim:
-            raise ConfigError(f"{key}.optim", f"missing {k}", fix=f"add {key}.optim.{k}")
-    if not (isinstance(optim["lr"], int | float) and optim["lr"] > 0):
+    if not optim["lr"] > 0:
         raise ConfigError(f"{key}.optim.lr", "must be a positive number", given=optim["lr"])
-    if not (isinstance(optim["batch_size"], int) and optim["batch_size"] > 0):
+    if not optim["batch_size"] > 0:
         raise ConfigError(f"{key}.optim.batch_size", "must be a positive integer",
                           given=optim["batch_size"])
     space: dict[str, Param] = {}
-    for pname, spec in (node.get("space") or {}).items():
+    for pname, spec in node.space.items():
         if pname not in model and pname not in optim and pname not in data:
             raise ConfigError(f"{key}.space.{pname}", "searches a parameter that is not in "
                               "model, optim or data", given=pname, allowed=[*model, *optim, *data])
@@ -129,12 +147,8 @@ def _candidate(cfg: Any, name: str, max_epochs: int) -> Candidate:
             raise ConfigError(f"{key}.space.{pname}", f"range {param.describe()} does not contain "
                               "the default", given=default, fix="widen the range or change the default")
         space[pname] = param
-    expected_input = architectures.meta(name).get("input")
-    if node.get("input") != expected_input:
-        raise ConfigError(f"{key}.input", "does not match the builder", given=node.get("input"),
-                          allowed=[expected_input])
-    return Candidate(name=name, description=str(node.get("description", "")),
-                     why=str(node.get("why", "")), input=str(node["input"]), model=model,
+    return Candidate(name=name, description=node.description, why=node.why,
+                     input=str(architectures.meta(name).get("input", "")), model=model,
                      optim=optim, data=data, space=space, max_epochs=max_epochs)
 
 
@@ -159,17 +173,34 @@ def _reason(c: Candidate, first: bool, spec: DataSpec) -> str:
     return f"baseline (start simple): {why}" if first else why
 
 
-def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
+def _size_rules(rules: RulesConfig, spec: DataSpec) -> list[SizeRule]:
+    """The size rules (``small_data``, ``few_windows``) that fire for this data."""
+    n_train = int(spec.profile.get("splits", {}).get("train", 0))
+    return [r for r in (rules.small_data, rules.few_windows)
+            if r is not None and spec.kind in (r.kinds or [spec.kind])
+            and n_train < r.min_train_samples]
+
+
+def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], max_epochs: int,
+           spec: DataSpec, hw: HardwareProfile, notes: list[str] | None = None) -> Selection:
     """Choose the candidates for this task, data and machine, with a reason for each decision.
 
+    Args:
+        task: the resolved row.
+        selector: ``selector`` (the restriction to some candidates, and the rules).
+        arch: ``arch``: every architecture's config, by name.
+        max_epochs: ``search.max_epochs``.
+        spec: the data profile.
+        hw: the hardware profile.
+        notes: notes of rules that already fired (e.g. a task switch), reported first.
+
     Raises:
-        ConfigError: for an unavailable task, an unknown candidate, a bad range or model.
+        ConfigError: for an unknown candidate, a bad range or model.
     """
-    row = table_row(cfg)
-    names: list[str] = list(row["candidates"])
-    notes: list[str] = []
+    names: list[str] = list(task.candidates)
+    notes = list(notes or [])
     dropped: dict[str, str] = {}
-    asked = cfg.selector.candidates
+    asked = selector.candidates
     if asked is not None:
         asked = [str(a) for a in asked]
         if not asked:
@@ -178,49 +209,39 @@ def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
         for a in asked:
             if a not in names:
                 raise ConfigError("selector.candidates", f"unknown architecture {a!r} for "
-                                  f"{cfg.task.name}", given=a, allowed=names)
+                                  f"{task.name}", given=a, allowed=names)
         notes.append(f"selector.candidates restricts the table to {', '.join(asked)} (in that order)")
         names = asked
 
-    rules = cfg.selector.rules
+    rules = selector.rules
     n_train = int(spec.profile.get("splits", {}).get("train", 0))
     unit = {"series": "windows", "sequences": "series"}.get(spec.kind, "samples")
-    def applies(rule: Any) -> bool:  # a rule may name the data kinds it is for
-        return rule is not None and spec.kind in (rule.get("kinds") or [spec.kind]) and (
-            n_train < int(rule.min_train_samples))
-
-    for rule_name in ("small_data", "few_windows"):
-        small = rules.get(rule_name)
-        if not applies(small):
-            continue
+    small_rules = _size_rules(rules, spec)
+    for small in small_rules:
         for name in small.drop:
             if name in names and asked is None and len(names) > 1:
                 names.remove(name)
                 dropped[name] = (f"only {n_train} training {unit} (< {small.min_train_samples}): "
                                  "too few to train it from scratch")
-    tiny = rules.get("tiny_images")
-    tiny_fixed: dict[str, Any] = {}
-    if tiny is not None and len(spec.input_shape) == 3 and max(spec.input_shape[1:]) <= int(
-            tiny.max_side):
+    tiny = rules.tiny_images
+    tiny_fixed: dict[str, dict[str, Any]] = {}
+    if tiny is not None and len(spec.input_shape) == 3 and max(spec.input_shape[1:]) <= tiny.max_side:
         side = f"{spec.input_shape[1]}x{spec.input_shape[2]}"
         for name in tiny.drop:
             if name in names and asked is None and len(names) > 1:
                 names.remove(name)
                 dropped[name] = (f"images are tiny ({side} <= {tiny.max_side} px): too small "
                                  "for its depth and downsampling")
-        tiny_fixed = {k: dict(v) for k, v in (tiny.get("fixed") or {}).items()}
+        tiny_fixed = {k: dict(v) for k, v in tiny.fixed.items()}
     caps: dict[str, dict[str, Any]] = {}  # small data, small models: search ranges capped
     cap_why = ""
-    for rule_name in ("small_data", "few_windows"):
-        small = rules.get(rule_name)
-        if applies(small):
-            for arch, limits in (small.get("cap") or {}).items():
-                caps.setdefault(arch, {}).update(dict(limits))
-                cap_why = f"only {n_train} training {unit} (< {small.min_train_samples})"
-    max_epochs = int(cfg.search.max_epochs)
+    for small in small_rules:
+        for arch_name, limits in small.cap.items():
+            caps.setdefault(arch_name, {}).update(dict(limits))
+            cap_why = f"only {n_train} training {unit} (< {small.min_train_samples})"
     candidates = []
     for i, name in enumerate(names):
-        cand = _candidate(cfg, name, max_epochs)
+        cand = _candidate(name, arch, max_epochs)
         cand.reasons.append(_reason(cand, i == 0, spec))
         capped = []
         for k, limit in caps.get(name, {}).items():
@@ -235,21 +256,19 @@ def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
             cand.model[k] = v
             cand.space.pop(k, None)
             cand.reasons.append(f"tiny images: {k} fixed at {v}, the search space shrinks")
-        if not hw.has_gpu:
-            fixed = dict(rules.no_gpu.fixed.get(name, {}) or {})
-            for k, v in fixed.items():
+        if not hw.has_gpu and rules.no_gpu is not None:
+            for k, v in dict(rules.no_gpu.fixed.get(name) or {}).items():
                 cand.model[k] = v
                 cand.space.pop(k, None)
                 cand.reasons.append(f"no GPU: {k} fixed at {v} to fit the CPU budget")
             cap = rules.no_gpu.max_epochs.get(name)
-            if cap is not None and int(cap) < cand.max_epochs:
-                cand.max_epochs = int(cap)
+            if cap is not None and cap < cand.max_epochs:
+                cand.max_epochs = cap
                 cand.reasons.append(f"no GPU: at most {cap} epochs")
-        long = rules.get("long_sequences")
+        long = rules.long_sequences
         steps = spec.input_shape[0] if len(spec.input_shape) == 2 else 0
-        if long is not None and not hw.has_gpu and name in long.patch and steps > int(
-                long.max_tokens):
-            patch = -(-steps // int(long.max_tokens))
+        if long is not None and not hw.has_gpu and name in long.patch and steps > long.max_tokens:
+            patch = -(-steps // long.max_tokens)
             cand.model["patch_size"] = patch
             cand.space.pop("patch_size", None)
             cand.reasons.append(f"no GPU: attention over {steps} steps capped at "
@@ -266,6 +285,5 @@ def select(cfg: Any, spec: DataSpec, hw: HardwareProfile) -> Selection:
         notes.append(f"{len(hw.gpus)} GPU(s), precision {hw.precision}")
     else:
         notes.append(f"CPU only ({hw.cpu_cores} cores), precision {hw.precision}")
-    return Selection(task=str(cfg.task.name), family=row["family"],
-                     description=row["description"], candidates=candidates,
-                     dropped=dropped, notes=notes)
+    return Selection(task=task, candidates=candidates, dropped=dropped, notes=notes)
+

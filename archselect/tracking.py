@@ -14,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from archselect.config.errors import ArchselectError, ConfigError
+from archselect.config.schema import TrackingConfig
 
 STATE_TAG = "archselect.state"
 STUDY_TAG = "archselect.study"
@@ -95,6 +96,12 @@ class Tracker:
         self.parent_id: str | None = None
         self.system_metrics_interval = system_metrics_interval
         self._monitors: dict[str, Any] = {}
+
+    @classmethod
+    def open(cls, tracking: TrackingConfig) -> Tracker:
+        """The tracker of the ``tracking`` section (its store checked, its experiment made)."""
+        return cls(tracking.uri, tracking.experiment, tracking.artifact_location,
+                   system_metrics_interval=tracking.system_metrics_interval)
 
     # -- parent ---------------------------------------------------------------------------
     def start_study(self, study_name: str, tags: dict[str, str], resume_run_id: str | None) -> str:

@@ -79,13 +79,9 @@ def median(values: list[float]) -> float:
 
 def compose(overrides: list[str], runs_dir: Path) -> Any:
     """The real config, composed as the ``archselect`` command would, stores under ``runs_dir``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
+    from archselect.config.compose import compose_config
 
-    import archselect.config.schema  # noqa: F401  (registers the schema)
-
-    with initialize_config_module("archselect.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=[*QUIET, f"runs_dir={runs_dir}", *overrides])
+    return compose_config([*QUIET, f"runs_dir={runs_dir}", *overrides])
 
 
 def run_study(overrides: list[str], runs_dir: Path) -> Any:
@@ -121,17 +117,16 @@ def study_summary(overrides: list[str]) -> dict[str, Any]:
 
 def datamodule(cfg: Any) -> Any:
     """The data module ``run`` would build for ``cfg`` (same seed, so the same split), prepared."""
-    from omegaconf import OmegaConf
-
-    from archselect.data import datamodules
-    from archselect.selector import table_row
+    from archselect.config.validate import typed
+    from archselect.data import open_datamodule
+    from archselect.selector import resolve_task
     from archselect.tasks import families
 
-    row = table_row(cfg)
-    family = families.get(row["family"])
-    dm = datamodules.get(row["data_kind"])(
-        OmegaConf.to_container(cfg.data, resolve=True), seed=int(cfg.seed),
-        cache_dir=Path(str(cfg.runs_dir)) / "cache", target_kind=family.target_kind)
+    conf = typed(cfg)
+    task = resolve_task(conf.task, conf.selector.table)
+    family = families.get(task.family)
+    dm = open_datamodule(conf.data, task.data_kind, seed=conf.seed,
+                         cache_dir=Path(conf.runs_dir) / "cache", target_kind=family.target_kind)
     dm.prepare()
     return dm, family
 

@@ -41,10 +41,11 @@ def probe_study(overrides: list[str]) -> tuple[benchlib.Probe, Any]:
     import optuna
 
     from archselect.search import study as study_module
+    from archselect.search.objective import Objective
     from archselect.tracking import Tracker
 
     probe = benchlib.Probe()
-    probe.wrap(study_module.Objective, "__call__", "objective", region="objective")
+    probe.wrap(Objective, "__call__", "objective", region="objective")
     probe.wrap(pl.Trainer, "fit", "fit", region="fit")
     probe.wrap(study_module, "run_search", "study")
     for name in ("start_trial", "end_trial", "log_metrics", "log_params", "set_tags"):
@@ -54,7 +55,7 @@ def probe_study(overrides: list[str]) -> tuple[benchlib.Probe, Any]:
         probe.wrap(optuna.trial.Trial, name, "optuna")
     probe.wrap(gc, "collect", "gc")  # the study runs with gc_after_trial=True
     probe.wrap(pl.Trainer, "save_checkpoint", "checkpoint")
-    probe.wrap(study_module.Objective, "_drop_checkpoint", "checkpoint")
+    probe.wrap(Objective, "_drop_checkpoint", "checkpoint")
     with probe, tempfile.TemporaryDirectory() as tmp:
         result = benchlib.run_study(overrides, Path(tmp))
     return probe, result

@@ -41,7 +41,7 @@ def archselect_trial(overrides: list[str], epochs: int, profile: dict[str, Any] 
     """One trial through ``run(cfg)``; the trial's own wall time and Lightning's fit time."""
     import lightning.pytorch as pl
 
-    from archselect.search.study import Objective
+    from archselect.search.objective import Objective
 
     with benchlib.Probe() as probe, tempfile.TemporaryDirectory() as tmp:
         probe.wrap(pl.Trainer, "fit", "fit", region="fit")

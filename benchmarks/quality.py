@@ -102,11 +102,12 @@ ROWS: dict[str, dict[str, Any]] = {
 def available(overrides: list[str]) -> str | None:
     """None if the row's task runs here, else the one-line reason it does not."""
     from archselect.config.errors import ArchselectError
-    from archselect.selector import table_row
+    from archselect.config.validate import check_row
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            table_row(benchlib.compose(overrides, Path(tmp)))
+            cfg = benchlib.compose(overrides, Path(tmp))
+            check_row(str(cfg.task.name), cfg.selector.table)
         except ArchselectError as exc:
             return str(exc)
         except Exception as exc:  # e.g. a task file that does not compose yet

@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import make_pipeline
 
-from archselect.data.text import TextDataModule
+from archselect.data import open_datamodule
 
 
 def tfidf_logreg(texts: dict[str, list[str]], labels: dict[str, np.ndarray]) -> np.ndarray:
@@ -42,7 +42,7 @@ def main() -> None:
            "target": "category", "max_samples": args.max_samples, "val_fraction": 0.15,
            "test_fraction": 0.15, "vocab_size": 12000, "min_frequency": 2, "lowercase": True,
            "max_len": None, "max_len_percentile": 95, "max_len_cap": 256}
-    dm = TextDataModule(cfg, seed=args.seed, cache_dir="/tmp/archselect-bench-cache")
+    dm = open_datamodule(cfg, "text", seed=args.seed, cache_dir="/tmp/archselect-bench-cache")
     spec = dm.prepare()
     y_train, y_test = dm.labels["train"], dm.labels["test"]
     out: dict[str, dict[str, float]] = {}

@@ -2,46 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_module
-
-import archselect.config.schema  # noqa: F401  (registers the schema)
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # tests never touch the network
-
-# Small and fast, but real: the built-in data, real stores, real training.
-TEXT_ONLY = ["data.max_samples=450", "data.vocab_size=2000"]
-CHEAP = [
-    "search.max_epochs=2",
-    "search.patience=1",
-    "trainer.progress_bar=false",
-    "selector.rules.small_data.min_train_samples=50",
-    "arch.lstm.model.hidden_size=32",
-    "arch.lstm.model.embed_dim=32",
-    "arch.lstm.space.hidden_size.low=32",
-    "arch.lstm.space.hidden_size.high=64",
-    "arch.lstm.space.hidden_size.step=32",
-    "arch.lstm.space.embed_dim.choices=[32,64]",
-    "arch.transformer.model.d_model=32",
-    "arch.transformer.model.dim_feedforward=64",
-    "arch.transformer.space.d_model.choices=[32,64]",
-]
-
-
-def compose_cfg(overrides: list[str], tmp_path: Path, cheap: bool = True) -> Any:
-    """The real config, composed as the CLI would, with stores under ``tmp_path``."""
-    with initialize_config_module("archselect.conf", version_base="1.3"):
-        text = not any(o.startswith("task=") and o != "task=text_classification"
-                       for o in overrides)
-        base = ([*CHEAP, *TEXT_ONLY] if text else CHEAP) if cheap else []
-        return compose("config", overrides=[*base, f"runs_dir={tmp_path}", *overrides])
+from helpers import compose_cfg
 
 
 @pytest.fixture

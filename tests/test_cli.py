@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from helpers import archselect, one_error_line
 
 CHEAP = ["trainer.progress_bar=false", "search.max_epochs=1", "data.vocab_size=500",
          "data.min_frequency=1", "selector.candidates=[bag_of_embeddings]"]
-
-
-def archselect(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "160"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "archselect", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize(("args", "expected"), [

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from archselect.cli import precheck
+from archselect.config.compose import precheck
 from archselect.config.errors import ConfigError
+from archselect.config.validate import check_row
 from archselect.run import run
-from archselect.selector import table_row
 
 CONF = Path(__file__).resolve().parents[1] / "archselect" / "conf"
 TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
@@ -58,22 +58,20 @@ def test_available_rows_have_arch_configs_and_builders(make_cfg) -> None:
                 assert cand in architectures, (task, cand)
 
 
-BUILT = {"text_classification", "tabular_classification", "tabular_regression",
-         "image_classification", "time_series_forecasting", "time_series_classification"}
+TABLE = OmegaConf.load(CONF / "selector" / "default.yaml").table
+BUILT = sorted(name for name, row in TABLE.items() if row.available)
 
 
-@pytest.mark.parametrize("task", sorted(set(TASKS) - BUILT))
+@pytest.mark.parametrize("task", sorted(set(TASKS) - set(BUILT)))
 def test_rows_not_built_yet_fail_clearly(make_cfg, task: str) -> None:
     msg = precheck([f"task={task}", "data.max_samples=10"])
     assert msg is not None and "not available yet" in msg
     cfg = make_cfg(f"task={task}", cheap=False)
     with pytest.raises(ConfigError, match=rf"task: task '{task}' is declared in the table but "
-                       "not available yet.*image_classification, tabular_classification, "
-                       "tabular_regression, text_classification, time_series_classification, "
-                       "time_series_forecasting"):
+                       f"not available yet.*expected one of: {', '.join(BUILT)}"):
         run(cfg)
     with pytest.raises(ConfigError):
-        table_row(cfg)
+        check_row(task, cfg.selector.table)
 
 
 def test_misspelt_key_names_the_full_key_and_suggests() -> None:
@@ -83,9 +81,27 @@ def test_misspelt_key_names_the_full_key_and_suggests() -> None:
     assert "did you mean search.n_trials?" in msg
 
 
-def test_wrong_type_names_the_key() -> None:
-    msg = precheck(["search.n_trials=many"])
-    assert msg is not None and msg.startswith("search.n_trials:")
+@pytest.mark.parametrize(("override", "key"), [
+    ("search.n_trials=many", "search.n_trials:"),
+    ("arch.lstm.model=wide", "arch.lstm.model:"),
+    ("arch.mlp.optim.lr=fast", "arch.mlp.optim.lr:"),
+    ("selector.rules.small_data.min_train_samples=few", "selector.rules.small_data.min_train_samples:"),
+])
+def test_wrong_type_names_the_key(override: str, key: str) -> None:
+    msg = precheck([override])
+    assert msg is not None and msg.startswith(key), msg
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("arch.mlp.optim.lrr=0.1", "arch.mlp.optim.lrr: unknown key; expected one of: batch_size, lr, "
+     "weight_decay (did you mean arch.mlp.optim.lr?)"),
+    ("selector.rules.small_data.min_train_sample=9", "selector.rules.small_data.min_train_sample: "
+     "unknown key"),
+    ("selector.rules.few_window.drop=[]", "selector.rules.few_window: unknown key"),
+])
+def test_misspelt_arch_and_rule_keys_fail_in_one_line(override: str, expected: str) -> None:
+    msg = precheck([override])
+    assert msg is not None and msg.startswith(expected), msg
 
 
 def test_unknown_group_choice_lists_options() -> None:
@@ -123,7 +139,6 @@ def test_unknown_data_key_fails_with_full_key(make_cfg) -> None:
     ("trainer.precision=fp8", r"trainer.precision: unknown precision"),
     ("arch.pretrained.model.encoder=no-such-org/no-such-model",
      r"arch.pretrained.model.encoder: cannot be loaded offline"),
-    ("arch.lstm.model=wide", r"arch.lstm.model: must be a mapping"),
     ("data=iris", r"data.source: not a source of text data; given 'sklearn'"),
     ("tracking.system_metrics_interval=0", r"tracking.system_metrics_interval: must be a positive"),
     ("export.onnx_tolerance=-1", r"export.onnx_tolerance: must be a positive number"),

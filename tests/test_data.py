@@ -4,19 +4,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import datamodule
 
 from archselect.config.errors import ConfigError, DataError
-from archselect.data.base import stratified_split
-from archselect.data.text import TextDataModule
+from archselect.data.base import BaseDataModule, stratified_split
 
 
-def dm(tmp_path: Path, **cfg: object) -> TextDataModule:
+def dm(tmp_path: Path, **cfg: object) -> BaseDataModule:
     base = {"source": "file", "name": "csv", "path": str(tmp_path / "reviews.csv"),
             "format": "auto", "text_column": "review", "target": "stars", "max_samples": None,
             "val_fraction": 0.2, "test_fraction": 0.2, "vocab_size": 500, "min_frequency": 1,
             "lowercase": True, "max_len": None, "max_len_percentile": 95, "max_len_cap": 64}
     base.update(cfg)
-    return TextDataModule(base, seed=0, cache_dir=tmp_path / "cache")
+    return datamodule("text", base, tmp_path / "cache")
 
 
 def test_csv_loads_splits_stratified_and_profiles(text_csv: Path, tmp_path: Path) -> None:

@@ -12,10 +12,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from helpers import config_datamodule
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
-from archselect.data.tabular import TabularDataModule
 from archselect.run import run
 
 MODEL = "archselect-tabular_classification"
@@ -59,8 +58,7 @@ def test_champion_moves_only_to_a_better_model_on_the_same_split(make_cfg, tmp_p
     # ONNX (export.onnx=true on the strong study): logged next to the pyfunc; onnxruntime on the
     # encoded test rows gives the test accuracy the PyTorch model got.
     cfg = make_cfg(*STRONG)
-    dm = TabularDataModule(OmegaConf.to_container(cfg.data, resolve=True), seed=int(cfg.seed),
-                           cache_dir=tmp_path / "cache")
+    dm = config_datamodule(cfg, tmp_path / "cache")
     dm.prepare()
     mlflow.set_tracking_uri(store)
     assert strong.onnx_uri and weak.onnx_uri is None

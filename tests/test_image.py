@@ -8,10 +8,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import datamodule
 from PIL import Image
 
 from archselect.config.errors import ConfigError, DataError
-from archselect.data.image import FASHION_DIR, ImageDataModule
+from archselect.data.sources import FASHION_DIR
 from archselect.run import run
 
 
@@ -33,7 +34,7 @@ def write_folder(root: Path) -> Path:
 
 
 def test_folder_loader_resizes_and_reports_unreadable_files(tmp_path: Path) -> None:
-    dm = ImageDataModule(folder_cfg(write_folder(tmp_path / "imgs")), seed=0, cache_dir=tmp_path)
+    dm = datamodule("image", folder_cfg(write_folder(tmp_path / "imgs")), tmp_path)
     spec = dm.prepare()
     assert spec.input_shape == [3, 12, 12] and spec.class_names == ["blue", "red"]
     assert spec.profile["unreadable_count"] == 1
@@ -46,17 +47,17 @@ def test_folder_loader_resizes_and_reports_unreadable_files(tmp_path: Path) -> N
 
 def test_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"data.path: folder not found"):
-        ImageDataModule(folder_cfg(tmp_path / "nope"), seed=0, cache_dir=tmp_path).prepare()
+        datamodule("image", folder_cfg(tmp_path / "nope"), tmp_path).prepare()
     (tmp_path / "empty" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match=r"no readable images"):
-        ImageDataModule(folder_cfg(tmp_path / "empty"), seed=0, cache_dir=tmp_path).prepare()
+        datamodule("image", folder_cfg(tmp_path / "empty"), tmp_path).prepare()
 
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_reads_the_debian_idx_files(tmp_path: Path) -> None:
     cfg = {"source": "fashion_mnist", "name": "fashion_mnist", "max_samples": 2000,
            "val_fraction": 0.1, "test_fraction": 0.1}
-    spec = ImageDataModule(cfg, seed=0, cache_dir=tmp_path).prepare()
+    spec = datamodule("image", cfg, tmp_path).prepare()
     assert spec.input_shape == [1, 28, 28] and spec.num_classes == 10
     assert "ankle boot" in spec.class_names
 

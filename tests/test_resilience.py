@@ -14,7 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import compose_cfg
+from helpers import compose_cfg
 from mlflow.tracking import MlflowClient
 
 from archselect.config.errors import ArchselectError

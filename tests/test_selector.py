@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from helpers import select_for
 
 from archselect.config.errors import ConfigError
 from archselect.data.base import DataSpec
 from archselect.hardware import HardwareProfile
-from archselect.selector import select
 
 CPU = HardwareProfile(cpu_cores=2, torch_threads=2, memory_gb=8.0)
 GPU = HardwareProfile(cpu_cores=8, torch_threads=8, memory_gb=64.0,
@@ -22,19 +22,19 @@ def spec(n_train: int) -> DataSpec:
 
 def test_text_selection_runs_simple_to_recommended_with_reasons(make_cfg) -> None:
     cfg = make_cfg("selector.rules.small_data.min_train_samples=1500")
-    sel = select(cfg, spec(9000), CPU)
+    sel = select_for(cfg, spec(9000), CPU)
     assert [c.name for c in sel.candidates] == ["bag_of_embeddings", "lstm", "transformer",
                                                 "pretrained"]
     assert sel.candidates[0].reasons[0].startswith("baseline (start simple)")
     assert all(c.reasons for c in sel.candidates)
     assert "median 19 words" in sel.candidates[1].reasons[0]
-    assert sel.family == "classification"
+    assert sel.task.family == "classification"
 
 
 def test_no_gpu_caps_the_pretrained_encoder(make_cfg) -> None:
     cfg = make_cfg()
-    cpu = {c.name: c for c in select(cfg, spec(9000), CPU).candidates}["pretrained"]
-    gpu = {c.name: c for c in select(cfg, spec(9000), GPU).candidates}["pretrained"]
+    cpu = {c.name: c for c in select_for(cfg, spec(9000), CPU).candidates}["pretrained"]
+    gpu = {c.name: c for c in select_for(cfg, spec(9000), GPU).candidates}["pretrained"]
     assert cpu.model["trainable_layers"] == 2 and cpu.max_epochs == 2
     assert any("no GPU" in r for r in cpu.reasons)
     assert gpu.model["trainable_layers"] == -1
@@ -44,14 +44,14 @@ def test_no_gpu_caps_the_pretrained_encoder(make_cfg) -> None:
 
 def test_small_data_drops_transformer_with_a_reason(make_cfg) -> None:
     cfg = make_cfg("selector.rules.small_data.min_train_samples=1500")
-    sel = select(cfg, spec(800), CPU)
+    sel = select_for(cfg, spec(800), CPU)
     assert "transformer" not in [c.name for c in sel.candidates]
     assert "800 training samples" in sel.dropped["transformer"]
 
 
 def test_candidates_restrict_and_order(make_cfg) -> None:
     cfg = make_cfg("selector.candidates=[transformer,lstm]")
-    sel = select(cfg, spec(9000), CPU)
+    sel = select_for(cfg, spec(9000), CPU)
     assert [c.name for c in sel.candidates] == ["transformer", "lstm"]
     assert "restricts" in sel.notes[0]
 
@@ -60,11 +60,11 @@ def test_unknown_candidate_lists_known(make_cfg) -> None:
     cfg = make_cfg("selector.candidates=[lstm,bert]")
     with pytest.raises(ConfigError, match=r"selector.candidates: unknown architecture 'bert'.*"
                        r"expected one of: bag_of_embeddings, lstm, pretrained, transformer"):
-        select(cfg, spec(9000), CPU)
+        select_for(cfg, spec(9000), CPU)
 
 
 def test_baseline_defaults_are_in_their_space(make_cfg) -> None:
-    sel = select(make_cfg(), spec(9000), CPU)
+    sel = select_for(make_cfg(), spec(9000), CPU)
     for c in sel.candidates:
         for k, v in c.defaults().items():
             assert c.space[k].contains(v), (c.name, k, v)

@@ -11,17 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import config_datamodule, datamodule, select_for
 
 from archselect.config.errors import ConfigError, DataError
-from archselect.data.series import (
-    SequenceDataModule,
-    SeriesDataModule,
-    detect_season,
-    seasonal_naive,
-)
-from archselect.hardware import HardwareProfile
+from archselect.data.series import seasonal_naive
+from archselect.data.timeindex import detect_season
 from archselect.run import run
-from archselect.selector import select
 
 SERIES_KEYS = {"time_column": "month", "time_format": None, "covariates": None, "lookback": 12,
                "horizon": 6, "stride": 1, "season_length": None, "resample": None,
@@ -51,8 +46,7 @@ def monthly_csv(tmp_path: Path, n: int = 120, drop: tuple[int, ...] = (),
 
 
 def test_windows_never_read_later_spans_in_training(tmp_path: Path) -> None:
-    dm = SeriesDataModule(series_cfg(monthly_csv(tmp_path), normalise="global"), seed=0,
-                          cache_dir=tmp_path)
+    dm = datamodule("series", series_cfg(monthly_csv(tmp_path), normalise="global"), tmp_path)
     spec = dm.prepare()
     assert spec.input_shape == [12, 2] and spec.horizon == 6
     a_val, _ = dm.bounds["val"]
@@ -75,7 +69,7 @@ def test_windows_never_read_later_spans_in_training(tmp_path: Path) -> None:
 
 
 def test_window_scaling_round_trips_to_the_series(tmp_path: Path) -> None:
-    dm = SeriesDataModule(series_cfg(monthly_csv(tmp_path)), seed=0, cache_dir=tmp_path)
+    dm = datamodule("series", series_cfg(monthly_csv(tmp_path)), tmp_path)
     spec = dm.prepare()
     dm.for_trial(None, batch_size=8, num_workers=0)
     batch = next(iter(dm.test_dataloader()))
@@ -89,8 +83,8 @@ def test_a_gap_in_timestamps_is_reported_not_filled_unless_asked(tmp_path: Path)
     path = monthly_csv(tmp_path, drop=(30, 31))
     with pytest.raises(DataError, match=r"2 time step\(s\) missing from 'month' \(first "
                        r"2012-07-01, grid MS\).*data.fill_missing=interpolate"):
-        SeriesDataModule(series_cfg(path), seed=0, cache_dir=tmp_path).prepare()
-    dm = SeriesDataModule(series_cfg(path, fill_missing="interpolate"), seed=0, cache_dir=tmp_path)
+        datamodule("series", series_cfg(path), tmp_path).prepare()
+    dm = datamodule("series", series_cfg(path, fill_missing="interpolate"), tmp_path)
     spec = dm.prepare()
     assert spec.profile["length"] == 120
     assert any("2 missing time step(s)" in n for n in spec.profile["notes"])
@@ -102,25 +96,24 @@ def test_irregular_or_duplicate_times_are_clear_errors(tmp_path: Path) -> None:
     frame = pd.DataFrame({"month": days.strftime("%Y-%m-%d"), "sales": np.arange(150.0)})
     frame.to_csv(tmp_path / "irr.csv", index=False)
     with pytest.raises(DataError, match=r"irregular.*data\.resample"):
-        SeriesDataModule(series_cfg(tmp_path / "irr.csv"), seed=0, cache_dir=tmp_path).prepare()
-    dm = SeriesDataModule(series_cfg(tmp_path / "irr.csv", resample="W", fill_missing="ffill"),
-                          seed=0, cache_dir=tmp_path)
+        datamodule("series", series_cfg(tmp_path / "irr.csv"), tmp_path).prepare()
+    dm = datamodule("series", series_cfg(tmp_path / "irr.csv", resample="W",
+                                         fill_missing="ffill"), tmp_path)
     assert dm.prepare().profile["frequency"].startswith("W")
     dup = pd.concat([frame.iloc[:1], frame])
     dup.to_csv(tmp_path / "dup.csv", index=False)
     with pytest.raises(DataError, match="appears more than once"):
-        SeriesDataModule(series_cfg(tmp_path / "dup.csv"), seed=0, cache_dir=tmp_path).prepare()
+        datamodule("series", series_cfg(tmp_path / "dup.csv"), tmp_path).prepare()
 
 
 def test_bad_window_settings_say_which_key(tmp_path: Path) -> None:
     path = monthly_csv(tmp_path, n=60)
     with pytest.raises(DataError, match=r"data\.horizon=12"):
-        SeriesDataModule(series_cfg(path, horizon=12, lookback=6), seed=0,
-                         cache_dir=tmp_path).prepare()
+        datamodule("series", series_cfg(path, horizon=12, lookback=6), tmp_path).prepare()
     with pytest.raises(ConfigError, match=r"data\.covariates"):
-        SeriesDataModule(series_cfg(path, covariates=["nope"]), seed=0, cache_dir=tmp_path).prepare()
+        datamodule("series", series_cfg(path, covariates=["nope"]), tmp_path).prepare()
     with pytest.raises(ConfigError, match=r"data\.lookback"):
-        SeriesDataModule(series_cfg(path, lookback=0), seed=0, cache_dir=tmp_path).prepare()
+        datamodule("series", series_cfg(path, lookback=0), tmp_path).prepare()
 
 
 def test_seasonal_naive_and_season_detection() -> None:
@@ -160,7 +153,7 @@ def seq_cfg(path: Path, **extra: Any) -> dict[str, Any]:
 
 
 def test_long_format_csv_becomes_equal_length_series(tmp_path: Path) -> None:
-    dm = SequenceDataModule(seq_cfg(long_csv(tmp_path)), seed=0, cache_dir=tmp_path)
+    dm = datamodule("sequences", seq_cfg(long_csv(tmp_path)), tmp_path)
     spec = dm.prepare()
     assert spec.input_shape == [40, 2] and spec.class_names == ["down", "up"]
     assert dm.channels == ["a", "b"]
@@ -170,25 +163,21 @@ def test_long_format_csv_becomes_equal_length_series(tmp_path: Path) -> None:
     s0 = dm.x["train"][0, :30, 0]
     assert abs(np.corrcoef(np.arange(30), s0)[0, 1]) > 0.8
     with pytest.raises(DataError, match="more than one label"):
-        SequenceDataModule(seq_cfg(long_csv(tmp_path, two_labels=True)), seed=0,
-                           cache_dir=tmp_path).prepare()
+        datamodule("sequences", seq_cfg(long_csv(tmp_path, two_labels=True)), tmp_path).prepare()
     with pytest.raises(ConfigError, match=r"data\.id_column"):
-        SequenceDataModule(seq_cfg(long_csv(tmp_path), id_column="sid"), seed=0,
-                           cache_dir=tmp_path).prepare()
+        datamodule("sequences", seq_cfg(long_csv(tmp_path), id_column="sid"), tmp_path).prepare()
 
 
 def test_rules_drop_or_cap_the_transformer(make_cfg) -> None:
     cfg = make_cfg("task=time_series_classification", "data=arrow_head",
                    "selector.rules.few_windows.min_train_samples=10")
-    dm = SequenceDataModule(dict(cfg.data), seed=0, cache_dir="/tmp")
-    spec = dm.prepare()
-    cpu = HardwareProfile(cpu_cores=2, torch_threads=2, memory_gb=8.0)
-    sel = select(cfg, spec, cpu)
+    spec = config_datamodule(cfg, "/tmp").prepare()
+    sel = select_for(cfg, spec)
     tr = next(c for c in sel.candidates if c.name == "series_transformer")
     assert tr.model["patch_size"] == 4 and "patch_size" not in tr.space  # 251 steps -> 63 tokens
     assert any("capped at 64 tokens" in r for r in tr.reasons)
     cfg = make_cfg("task=time_series_classification", "data=arrow_head")
-    sel = select(cfg, spec, cpu)
+    sel = select_for(cfg, spec)
     assert "series_transformer" in sel.dropped and "training series" in sel.dropped[
         "series_transformer"]
     mlp = sel.candidates[0]
@@ -239,7 +228,7 @@ def test_series_models_export_to_onnx(tmp_path: Path, arch: str, kw: dict[str, A
     from archselect.export import export_onnx
     from archselect.tasks.forecasting import ForecastingModule
 
-    dm = SeriesDataModule(series_cfg(monthly_csv(tmp_path)), seed=0, cache_dir=tmp_path)
+    dm = datamodule("series", series_cfg(monthly_csv(tmp_path)), tmp_path)
     spec = dm.for_trial(None, batch_size=8, num_workers=0)
     module = ForecastingModule(arch, kw, {"lr": 1e-3, "weight_decay": 0.0}, spec.to_dict(), 1)
     inputs = next(iter(dm.test_dataloader()))["inputs"]

@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from archselect.config.errors import ConfigError
-from archselect.search.space import parse_param, suggest
+from archselect.space import parse_param, suggest
 
 
 def test_ranges_translate_to_optuna_distributions() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from helpers import config_datamodule
 from mlflow.tracking import MlflowClient
 
 from archselect.config.errors import ArchselectError
@@ -67,12 +68,7 @@ def test_two_trial_study_end_to_end_and_resume(make_cfg, tmp_path: Path) -> None
     assert len(out) == 2
 
     # The served model and the test-split evaluation agree, row for row.
-    from omegaconf import OmegaConf
-
-    from archselect.data.text import TextDataModule
-
-    dm = TextDataModule(OmegaConf.to_container(cfg.data, resolve=True), seed=cfg.seed,
-                        cache_dir=tmp_path / "cache")
+    dm = config_datamodule(cfg, tmp_path / "cache")
     dm.prepare()
     served = model.predict(pd.DataFrame({"text": dm.texts["test"]}))["label"].tolist()
     truth = [dm.spec.class_names[i] for i in dm.labels["test"]]

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import datamodule
 
 from archselect.config.errors import DataError
-from archselect.data.tabular import TabularDataModule
 from archselect.run import run
 from archselect.tasks.classification import ClassificationModule
 
@@ -38,7 +38,7 @@ def mixed_csv(tmp_path: Path) -> Path:
 
 
 def test_csv_columns_are_detected_imputed_and_encoded(tmp_path: Path) -> None:
-    dm = TabularDataModule(table_cfg(mixed_csv(tmp_path), "label"), seed=0, cache_dir=tmp_path)
+    dm = datamodule("tabular", table_cfg(mixed_csv(tmp_path), "label"), tmp_path)
     spec = dm.prepare()
     assert dm.numeric == ["size"] and dm.categorical == ["colour"]
     assert spec.class_names == ["big", "small"]
@@ -55,7 +55,7 @@ def test_a_continuous_target_is_not_taken_for_classes(tmp_path: Path) -> None:
     frame = pd.DataFrame({"x": np.arange(300.0), "y": np.arange(300.0) * 1.5 + 0.25})
     frame.to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(DataError, match=r"data.target: column 'y' looks continuous.*tabular_regression"):
-        TabularDataModule(table_cfg(tmp_path / "t.csv", "y"), seed=0, cache_dir=tmp_path).prepare()
+        datamodule("tabular", table_cfg(tmp_path / "t.csv", "y"), tmp_path).prepare()
 
 
 def test_perceptron_separates_a_linearly_separable_set(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_perceptron_separates_a_linearly_separable_set(tmp_path: Path) -> None:
     label = np.where(x[:, 0] + 0.5 * x[:, 1] > 0, "up", "down")
     pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "label": label}).to_csv(tmp_path / "s.csv",
                                                                       index=False)
-    dm = TabularDataModule(table_cfg(tmp_path / "s.csv", "label"), seed=0, cache_dir=tmp_path)
+    dm = datamodule("tabular", table_cfg(tmp_path / "s.csv", "label"), tmp_path)
     spec = dm.for_trial(None, batch_size=16, num_workers=0)
     pl.seed_everything(0, verbose=False)
     module = ClassificationModule("perceptron", {}, {"lr": 0.05, "weight_decay": 0.0},
@@ -124,7 +124,8 @@ def test_a_continuous_target_selects_the_regression_row_by_itself(make_cfg,
         path, index=False)
     result = run(make_cfg("task=tabular_classification", "data=csv", f"data.path={path}",
                           "data.target=price", "search.n_trials=2", "search.max_epochs=20"))
-    assert result.selection.task == "tabular_regression"
+    assert result.selection.task.name == "tabular_regression"
+    assert result.study_name == "tabular_regression-csv"
     assert result.selection.notes[0].startswith("tabular_classification -> tabular_regression")
     assert set(result.test_metrics) == {"rmse", "mae", "r2"}
     assert result.test_metrics["rmse"] < result.baseline_metrics["rmse"]

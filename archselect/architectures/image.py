@@ -8,14 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from archselect.architectures.base import architectures
 from archselect.config.errors import ConfigError
 from archselect.data.base import DataSpec
-
-
-def _register(name: str, **meta: object) -> Any:
-    from archselect.architectures import architectures
-
-    return architectures.register(name, **meta)
 
 
 def _shape(spec: DataSpec) -> tuple[int, int, int]:
@@ -64,14 +59,14 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-@_register("cnn", input="image")
+@architectures.register("cnn", input="image")
 def cnn(spec: DataSpec, *, width: int, head_size: int, dropout: float) -> nn.Module:
     """The three-block CNN (channel widths ``width``, 2x, 4x)."""
     c, _, _ = _shape(spec)
     return SmallCNN(c, spec.num_classes, width, head_size, dropout)
 
 
-@_register("resnet", input="image")
+@architectures.register("resnet", input="image")
 def resnet(spec: DataSpec, *, depth: int, weights_path: str | None) -> nn.Module:
     """torchvision's ResNet (BasicBlock), its stem adapted to small images and any channels."""
     from torchvision.models.resnet import BasicBlock, ResNet
@@ -90,7 +85,7 @@ def resnet(spec: DataSpec, *, depth: int, weights_path: str | None) -> nn.Module
     return model
 
 
-@_register("efficientnet", input="image")
+@architectures.register("efficientnet", input="image")
 def efficientnet(spec: DataSpec, *, width_mult: float, depth_mult: float, dropout: float,
                  weights_path: str | None) -> nn.Module:
     """torchvision's EfficientNet at a chosen width and depth, its stem adapted to the input."""

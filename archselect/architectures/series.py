@@ -8,20 +8,14 @@ feature vector of ``T * C`` numbers.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
 
+from archselect.architectures.base import architectures
 from archselect.architectures.tabular import outputs
 from archselect.config.errors import ConfigError
 from archselect.data.base import DataSpec
-
-
-def _register(name: str, **meta: object) -> Any:
-    from archselect.architectures import architectures
-
-    return architectures.register(name, **meta)
 
 
 def _shape(spec: DataSpec, key: str) -> tuple[int, int]:
@@ -86,7 +80,7 @@ class SeriesTransformer(nn.Module):
         return self.head(torch.cat([h[:, -1], h.mean(dim=1)], dim=-1))
 
 
-@_register("series_lstm", input="series")
+@architectures.register("series_lstm", input="series")
 def series_lstm(spec: DataSpec, *, hidden_size: int, num_layers: int, dropout: float,
                 bidirectional: bool) -> nn.Module:
     """Stacked LSTM over the steps of a window or series (bidirectional by default)."""
@@ -97,7 +91,7 @@ def series_lstm(spec: DataSpec, *, hidden_size: int, num_layers: int, dropout: f
     return SeriesLSTM(channels, outputs(spec), hidden_size, num_layers, dropout, bidirectional)
 
 
-@_register("series_transformer", input="series")
+@architectures.register("series_transformer", input="series")
 def series_transformer(spec: DataSpec, *, d_model: int, nhead: int, num_layers: int,
                        dropout: float, patch_size: int) -> nn.Module:
     """Transformer encoder over patches of steps, with sinusoidal positional encoding."""

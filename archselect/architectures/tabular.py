@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from archselect.architectures.base import architectures
 from archselect.config.errors import ConfigError
 from archselect.data.base import DataSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
-
-def _register(name: str, **meta: object) -> Any:
-    from archselect.architectures import architectures
-
-    return architectures.register(name, **meta)
 
 
 def outputs(spec: DataSpec) -> int:
@@ -65,13 +59,13 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-@_register("perceptron", input="features")
+@architectures.register("perceptron", input="features")
 def perceptron(spec: DataSpec) -> nn.Module:
     """The Perceptron: one linear unit per class (one-vs-rest) or one for a number."""
     return Perceptron(spec.n_features, outputs(spec))
 
 
-@_register("mlp", input="features")
+@architectures.register("mlp", input="features")
 def mlp(spec: DataSpec, *, hidden_size: int, depth: int, activation: str,
         dropout: float) -> nn.Module:
     """Multi-layer perceptron on the (flattened) feature vector."""

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from archselect.architectures.base import architectures
 from archselect.config.errors import ConfigError
 from archselect.data.base import DataSpec
-
-
-def _register(name: str, **meta: object) -> Any:
-    from archselect.architectures import architectures
-
-    return architectures.register(name, **meta)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -161,13 +155,13 @@ def resolve_pretrained(name: str) -> str:
     return target
 
 
-@_register("bag_of_embeddings", input="tokens")
+@architectures.register("bag_of_embeddings", input="tokens")
 def bag_of_embeddings(spec: DataSpec, *, embed_dim: int, dropout: float) -> nn.Module:
     """Mean of token embeddings -> linear (the baseline)."""
     return BagOfEmbeddings(spec.vocab_size, spec.num_classes, spec.pad_id, embed_dim, dropout)
 
 
-@_register("lstm", input="tokens")
+@architectures.register("lstm", input="tokens")
 def lstm(spec: DataSpec, *, embed_dim: int, hidden_size: int, num_layers: int,
          dropout: float) -> nn.Module:
     """Bidirectional stacked LSTM classifier."""
@@ -175,7 +169,7 @@ def lstm(spec: DataSpec, *, embed_dim: int, hidden_size: int, num_layers: int,
                           num_layers, dropout)
 
 
-@_register("transformer", input="tokens")
+@architectures.register("transformer", input="tokens")
 def transformer(spec: DataSpec, *, d_model: int, nhead: int, num_layers: int,
                 dim_feedforward: int, dropout: float) -> nn.Module:
     """Transformer encoder classifier with a [CLS] head."""
@@ -185,7 +179,7 @@ def transformer(spec: DataSpec, *, d_model: int, nhead: int, num_layers: int,
                                  d_model, nhead, num_layers, dim_feedforward, dropout)
 
 
-@_register("pretrained", input="pretrained",
+@architectures.register("pretrained", input="pretrained",
            resolve=lambda model: resolve_pretrained(str(model["encoder"])))
 def pretrained(spec: DataSpec, *, encoder: str, pooling: str, trainable_layers: int,
                dropout: float) -> nn.Module:

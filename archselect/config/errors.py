@@ -53,7 +53,16 @@ class DataError(ArchselectError):
 
 
 class ContinuousTarget(DataError):
-    """A classification target that holds many distinct numbers (a regression in disguise)."""
+    """A classification target that holds many distinct numbers (a regression in disguise).
+
+    Args:
+        message: the error line (shown when no rule switches the task).
+        finding: what the profile found, for the rule's note.
+    """
+
+    def __init__(self, message: str, finding: str) -> None:
+        super().__init__(message)
+        self.finding = finding
 
 
 def suggest(given: str, names: Iterable[str]) -> str | None:

@@ -1,16 +1,23 @@
 """Typed schemas for the composed config, registered in Hydra's ConfigStore.
 
 Python holds types only; every default lives in ``conf/``. A misspelt key fails at composition
-with its full key (``search.n_trails``) because these nodes are closed structs.
+with its full key (``search.n_trails``, ``selector.rules.small_data.min_train_sample``,
+``arch.mlp.optim.lrr``) because these nodes are closed structs. The ``data`` node depends on the
+task's data kind and the data source, so it is checked against their schemas (below) once the
+task is known, before any data is read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+#: the packaged config folder (``conf/`` at the repository root links here)
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @dataclass
@@ -67,6 +74,34 @@ class ExportConfig:
     onnx_tolerance: float = MISSING
 
 
+# -- architectures (conf/arch/<name>.yaml) ---------------------------------------------------------
+@dataclass
+class OptimConfig:
+    """The optimiser settings every architecture gives (AdamW, cosine schedule)."""
+
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    batch_size: int = MISSING
+
+
+@dataclass
+class ArchConfig:
+    """One architecture: what it is, its builder's defaults and its search ranges.
+
+    ``model`` holds the builder's keyword arguments (checked against its signature), ``data`` the
+    data settings one trial may change (e.g. augmentation), ``space`` a range per searched key of
+    ``model``, ``optim`` or ``data``.
+    """
+
+    description: str = MISSING
+    why: str = MISSING
+    model: dict[str, Any] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the table and its rules (conf/selector/) ------------------------------------------------------
 @dataclass
 class RowConfig:
     family: str = MISSING
@@ -77,17 +112,75 @@ class RowConfig:
 
 
 @dataclass
+class NoGpuRule:
+    """Without a GPU: hyperparameters fixed and epochs capped per architecture."""
+
+    fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_epochs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SizeRule:
+    """Below ``min_train_samples`` training samples (of ``kinds``, or any kind): architectures
+    dropped and search ranges capped."""
+
+    min_train_samples: int = MISSING
+    drop: list[str] = field(default_factory=list)
+    kinds: list[str] | None = None
+    cap: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class LongSequencesRule:
+    """Without a GPU: attention over at most ``max_tokens`` tokens (patches of steps)."""
+
+    max_tokens: int = MISSING
+    patch: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TinyImagesRule:
+    """Images no larger than ``max_side``: architectures dropped, hyperparameters fixed."""
+
+    max_side: int = MISSING
+    drop: list[str] = field(default_factory=list)
+    fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class TaskSwitchRule:
+    """A ``from_task`` whose target turns out continuous is run as ``to_task``."""
+
+    from_task: str = MISSING
+    to_task: str = MISSING
+    monitor: str = MISSING
+    direction: str = MISSING
+
+
+@dataclass
+class RulesConfig:
+    """Every rule the selector knows; ``null`` turns one off."""
+
+    no_gpu: NoGpuRule | None = MISSING
+    small_data: SizeRule | None = MISSING
+    few_windows: SizeRule | None = MISSING
+    long_sequences: LongSequencesRule | None = MISSING
+    tiny_images: TinyImagesRule | None = MISSING
+    continuous_target: TaskSwitchRule | None = MISSING
+
+
+@dataclass
 class SelectorConfig:
     candidates: list[str] | None = MISSING
     table: dict[str, RowConfig] = MISSING
-    rules: dict[str, Any] = MISSING
+    rules: RulesConfig = field(default_factory=RulesConfig)
 
 
 @dataclass
 class ArchselectConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     data: dict[str, Any] = MISSING
-    arch: dict[str, Any] = MISSING
+    arch: dict[str, ArchConfig] = MISSING
     search: SearchConfig = field(default_factory=SearchConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -98,49 +191,29 @@ class ArchselectConfig:
     runs_dir: str = MISSING
 
 
+# -- data: a kind's keys (what its DataModule reads) and a source's own keys (what its loader
+#    reads). A data node holds both; see archselect.data.base.data_options. ----------------------
 @dataclass
 class DataConfig:
-    """Keys every data source has."""
+    """Keys every data kind has."""
 
     source: str = MISSING
     name: str = MISSING
+    max_samples: int | None = MISSING
+    val_fraction: float = MISSING
+    test_fraction: float = MISSING
+
+
+@dataclass
+class LabelledDataConfig(DataConfig):
+    """Data whose label (or value to predict) is a column: ``target``."""
+
     target: str = MISSING
-    max_samples: int | None = MISSING
-    val_fraction: float = MISSING
-    test_fraction: float = MISSING
 
 
 @dataclass
-class FileDataConfig(DataConfig):
-    """A user's file."""
-
-    path: str = MISSING
-    format: str = MISSING
-
-
-@dataclass
-class ImageDataConfig:
-    """Bundled image sets (the label is part of the set: no target column)."""
-
-    source: str = MISSING
-    name: str = MISSING
-    max_samples: int | None = MISSING
-    val_fraction: float = MISSING
-    test_fraction: float = MISSING
-
-
-@dataclass
-class ImageFolderConfig(ImageDataConfig):
-    """A folder of class sub-folders."""
-
-    path: str = MISSING
-    image_size: int = MISSING
-    channels: int = MISSING
-
-
-@dataclass
-class TextDataConfig(DataConfig):
-    """Text sources: the text column and the tokenizer options."""
+class TextDataConfig(LabelledDataConfig):
+    """Texts: the text column and the tokenizer options."""
 
     text_column: str = MISSING
     vocab_size: int = MISSING
@@ -152,15 +225,7 @@ class TextDataConfig(DataConfig):
 
 
 @dataclass
-class FileTextDataConfig(TextDataConfig):
-    """A user's CSV / JSONL file of texts."""
-
-    path: str = MISSING
-    format: str = MISSING
-
-
-@dataclass
-class SeriesDataConfig(DataConfig):
+class SeriesDataConfig(LabelledDataConfig):
     """One series cut into windows (forecasting); the task file gives the window keys."""
 
     time_column: str | None = MISSING
@@ -176,15 +241,7 @@ class SeriesDataConfig(DataConfig):
 
 
 @dataclass
-class FileSeriesDataConfig(SeriesDataConfig):
-    """A user's CSV / JSONL file with a time column and value columns."""
-
-    path: str = MISSING
-    format: str = MISSING
-
-
-@dataclass
-class SequenceDataConfig(DataConfig):
+class SequenceDataConfig(LabelledDataConfig):
     """Many labelled series (classification); long format, one row per series and time step."""
 
     id_column: str | None = MISSING
@@ -194,17 +251,51 @@ class SequenceDataConfig(DataConfig):
 
 
 @dataclass
-class FileSequenceDataConfig(SequenceDataConfig):
-    """A user's long-format CSV / JSONL file."""
+class SourceConfig:
+    """What every loader reads: its registry name and the data set's name."""
+
+    source: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class FileSourceConfig(SourceConfig):
+    """A user's CSV / JSON-lines file."""
 
     path: str = MISSING
     format: str = MISSING
 
 
+@dataclass
+class ImageFolderSourceConfig(SourceConfig):
+    """A folder of class sub-folders of images."""
+
+    path: str = MISSING
+    image_size: int = MISSING
+    channels: int = MISSING
+
+
+def arch_configs(folder: Path = CONF_DIR / "arch") -> dict[str, Any]:
+    """Every ``<name>.yaml`` of ``folder``, by name: the architectures a study may use.
+
+    Raises:
+        ValueError: if a file's top-level key is not its own name.
+    """
+    out: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        if not isinstance(node, dict) or list(node) != [path.stem]:
+            raise ValueError(f"conf/arch/{path.name} must hold one top-level key, {path.stem!r}")
+        out[path.stem] = node[path.stem]
+    return out
+
+
 def register_schemas() -> None:
-    """Store the top-level schema so ``config.yaml`` can extend it."""
+    """Store the top-level schema so ``config.yaml`` can extend it, and ``arch: all``: every
+    file of ``conf/arch/`` (adding an architecture adds a file; no list names them)."""
     cs = ConfigStore.instance()
     cs.store(name="archselect_schema", node=ArchselectConfig)
+    cs.store(group="arch", name="all", node=arch_configs())
 
 
 register_schemas()

@@ -1,67 +1,57 @@
-"""Cross-field checks that the typed schema cannot express, run before anything is written."""
+"""The typed view of the composed config, and the cross-field checks its schema cannot express,
+run before anything is written. The ``data`` node is checked by the data layer (its schema depends
+on the task's data kind and the source: ``archselect.data.base.data_options``).
+"""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import MissingMandatoryValue
 
 from archselect.config.errors import ConfigError
-from archselect.config.schema import (
-    DataConfig,
-    FileDataConfig,
-    FileSequenceDataConfig,
-    FileSeriesDataConfig,
-    FileTextDataConfig,
-    ImageDataConfig,
-    ImageFolderConfig,
-    SequenceDataConfig,
-    SeriesDataConfig,
-    TextDataConfig,
-)
-
-# (data kind of the task row, data source) -> the keys that source takes for that kind
-DATA_SCHEMAS: dict[tuple[str, str], type] = {
-    ("text", "rotten_tomatoes"): TextDataConfig,
-    ("text", "file"): FileTextDataConfig,
-    ("tabular", "sklearn"): DataConfig,
-    ("tabular", "file"): FileDataConfig,
-    ("image", "digits"): ImageDataConfig,
-    ("image", "fashion_mnist"): ImageDataConfig,
-    ("image", "image_folder"): ImageFolderConfig,
-    ("series", "statsmodels"): SeriesDataConfig,
-    ("series", "sktime"): SeriesDataConfig,
-    ("series", "file"): FileSeriesDataConfig,
-    ("sequences", "ts_archive"): SequenceDataConfig,
-    ("sequences", "file"): FileSequenceDataConfig,
-}
+from archselect.config.schema import ArchselectConfig, RowConfig
 
 
-def check_data(cfg: Any, kind: str) -> None:
-    """Check ``data`` against the schema of its source: unknown keys and wrong types fail."""
-    source = str(cfg.data.get("source"))
-    sources = [s for k, s in DATA_SCHEMAS if k == kind]
-    if (kind, source) not in DATA_SCHEMAS:
-        raise ConfigError("data.source", f"not a source of {kind} data", given=source,
-                          allowed=sources, fix=f"choose a {kind} data set (see conf/data/)")
-    schema = OmegaConf.structured(DATA_SCHEMAS[(kind, source)])
-    known = list(schema.keys())
-    for key in cfg.data:
-        if key not in known:
-            raise ConfigError(f"data.{key}", "unknown key", given=str(key), allowed=known,
-                              fix="check the spelling (see conf/data/)")
+def typed(cfg: Any) -> ArchselectConfig:
+    """The composed config as its schema's dataclasses (``data`` stays a plain dict: its schema
+    depends on the task). A config that arrives untyped (a worker reads YAML) gets the schema too.
+
+    Raises:
+        ConfigError: for a value left unset (``???``) outside ``data``.
+    """
+    node = OmegaConf.merge(OmegaConf.structured(ArchselectConfig), cfg)
+    data = OmegaConf.to_container(node.data, resolve=True, throw_on_missing=False)
+    node.data = {}
     try:
-        OmegaConf.merge(schema, cfg.data)
-    except (ValidationError, ConfigKeyError) as exc:
-        key = f"data.{exc.key}" if getattr(exc, "key", None) else "data"
-        raise ConfigError(key, "wrong type", given=getattr(exc, "value", None),
-                          allowed=f"a value of the type in conf/data/{source}.yaml") from None
+        conf = OmegaConf.to_object(node)
+    except MissingMandatoryValue as exc:
+        key = str(getattr(exc, "full_key", "") or "config")
+        raise ConfigError(key, "not set", fix=f"give {key}=<value>") from None
+    assert isinstance(conf, ArchselectConfig) and isinstance(data, dict)
+    conf.data = {str(k): v for k, v in data.items()}
+    return conf
 
 
-def check_numbers(cfg: Any) -> None:
+def check_row(task: str, table: dict[str, RowConfig]) -> RowConfig:
+    """The table's row for ``task``; a clear error when it is not declared or not built."""
+    if task not in table:
+        raise ConfigError("task", f"task {task!r} is not in the table", allowed=list(table))
+    row = table[task]
+    if not row.available:
+        ready = [k for k, v in table.items() if v.available]
+        raise ConfigError(
+            "task", f"task {task!r} is declared in the table but not available yet",
+            allowed=ready, fix="choose an available task",
+        )
+    return row
+
+
+def check_numbers(cfg: ArchselectConfig) -> None:
     """Budgets and counts that must be positive."""
     s = cfg.search
     checks = [
@@ -78,10 +68,10 @@ def check_numbers(cfg: Any) -> None:
         if value < low:
             raise ConfigError(key, f"must be at least {low}", given=value,
                               fix=f"set {key}={max(low, 1)} or more")
-    for key in ("timeout", "trial_timeout"):
-        if s[key] is not None and s[key] <= 0:
+    for key, seconds in (("timeout", s.timeout), ("trial_timeout", s.trial_timeout)):
+        if seconds is not None and not (seconds > 0 and math.isfinite(seconds)):
             raise ConfigError(f"search.{key}", "must be a positive number of seconds, or null",
-                              given=s[key], fix=f"e.g. search.{key}=600, or null for no limit")
+                              given=seconds, fix=f"e.g. search.{key}=600, or null for no limit")
     if s.heartbeat_interval is not None and s.grace_period <= s.heartbeat_interval:
         raise ConfigError("search.grace_period", "must be longer than search.heartbeat_interval "
                           f"({s.heartbeat_interval})", given=s.grace_period,
@@ -95,14 +85,14 @@ def check_numbers(cfg: Any) -> None:
                           given=cfg.export.onnx_tolerance, fix="e.g. 1e-4")
 
 
-def check_runs_dir(cfg: Any) -> Path:
+def check_runs_dir(runs_dir: str) -> Path:
     """The runs folder must exist or be creatable, and be writable."""
-    path = Path(str(cfg.runs_dir)).expanduser()
-    if "~" in str(cfg.runs_dir):
+    path = Path(runs_dir).expanduser()
+    if "~" in runs_dir:
         raise ConfigError("runs_dir", "a '~' is not expanded inside the stores' URLs",
-                          given=str(cfg.runs_dir), fix="give the path without ~ (e.g. $HOME/runs)")
+                          given=runs_dir, fix="give the path without ~ (e.g. $HOME/runs)")
     if not writable_folder(path):
-        raise ConfigError("runs_dir", "is not a writable folder", given=str(cfg.runs_dir),
+        raise ConfigError("runs_dir", "is not a writable folder", given=runs_dir,
                           fix="choose a folder you can write to, e.g. runs_dir=./runs")
     return path
 
@@ -115,8 +105,7 @@ def writable_folder(path: Path) -> bool:
     return probe.is_dir() and os.access(probe, os.W_OK)
 
 
-def validate(cfg: Any, data_kind: str) -> None:
-    """Every check that needs no data and writes nothing."""
-    check_runs_dir(cfg)
+def validate(cfg: ArchselectConfig) -> None:
+    """Every check of the sections other than ``data`` that writes nothing."""
+    check_runs_dir(cfg.runs_dir)
     check_numbers(cfg)
-    check_data(cfg, data_kind)

@@ -1,20 +1,44 @@
-"""What every data source hands on: a DataSpec, splits, hashing and profile helpers."""
+"""What every data kind hands on (a DataSpec, splits, a served-model codec), the two registries
+(data kinds and data sources), and the checks they share.
+
+A data kind is a ``BaseDataModule`` registered by name with the schema of its keys:
+
+    @datamodules.register("text", schema=TextDataConfig)
+    class TextDataModule(BaseDataModule): ...
+
+A data source is a loader registered by name, with the kind of data it holds (none: any kind,
+e.g. a user's file) and the schema of its own keys:
+
+    @data_sources.register("rotten_tomatoes", kind="text")
+    def load_rotten_tomatoes(source: SourceConfig) -> pd.DataFrame: ...
+
+Its defaults live in ``conf/data/<name>.yaml``; nothing else lists it.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
 from archselect.config.errors import ConfigError, DataError
+from archselect.config.schema import SourceConfig
 from archselect.registry import Registry
+from archselect.serving import Codec
+
+SPLITS = ("train", "val", "test")
+
+#: data kinds (``selector.table.<task>.data_kind``): BaseDataModule classes, meta ``schema``
+datamodules: Registry[Any] = Registry("data kind", "selector.table.<task>.data_kind",
+                                      package="archselect.data")
+#: data sources (``data.source``): loaders, meta ``kind`` (None: any) and ``schema``
+data_sources: Registry[Any] = Registry("data source", "data.source", package="archselect.data")
 
 
 @dataclass
@@ -60,14 +84,11 @@ class DataSpec:
         return asdict(self)
 
 
-data_sources: Registry[Any] = Registry("data source", "data.source")
-
-
 @dataclass
 class ServingBundle:
     """What MLflow needs to log the best model as a pyfunc that takes raw inputs."""
 
-    python_model: Any
+    codec: Codec
     artifacts: dict[str, str]
     input_example: Any
     output_example: Any
@@ -75,17 +96,43 @@ class ServingBundle:
 
 
 class BaseDataModule(pl.LightningDataModule):
-    """The contract every data kind fulfils; run, search and tracking use nothing else.
+    """The contract every data kind fulfils; the flow, the search and the finish use nothing else.
 
     Batches are ``{"inputs": {name: tensor}, "target": tensor}``.
+
+    Args:
+        options: the data node's keys of this kind (its ``schema``), typed.
+        source: the data node's keys of its source, typed; the loader reads them.
+        seed: the run's seed (split and sampling).
+        cache_dir: where a kind may cache work (tokenisers, encodings), keyed by a data hash.
+        target_kind: what the task family predicts: ``"classes"``, ``"continuous"``, ...
     """
+
+    #: the target kinds this data kind can produce
+    target_kinds: tuple[str, ...] = ("classes",)
+    batch_size = 64
+    num_workers = 0
+
+    def __init__(self, options: Any, source: SourceConfig, *, seed: int, cache_dir: str | Path,
+                 target_kind: str = "classes") -> None:
+        super().__init__()
+        if target_kind not in self.target_kinds:
+            raise ConfigError("task", f"{type(self).__name__} does not predict {target_kind} "
+                              "targets", given=target_kind, allowed=self.target_kinds)
+        self.cfg = options
+        self.source = source
+        self.seed = seed
+        self.cache_dir = Path(cache_dir)
+        self.target_kind = target_kind
+        self.spec: DataSpec | None = None
+
+    def load_frame(self) -> Any:
+        """What the data source's loader returns for this data node."""
+        return data_sources.get(self.source.source)(self.source)
 
     def prepare(self) -> DataSpec:
         """Load, check, split and profile the data (no store is touched)."""
         raise NotImplementedError
-
-    batch_size = 64
-    num_workers = 0
 
     def for_trial(self, option: str | None, *, batch_size: int, num_workers: int,
                   **data_opts: Any) -> DataSpec:
@@ -119,9 +166,9 @@ class BaseDataModule(pl.LightningDataModule):
         """The data profile as (label, text) rows for the terminal."""
         raise NotImplementedError
 
-    def serving_bundle(self, checkpoint: str, family: str, folder: Path) -> ServingBundle:
-        """The pyfunc model for the checkpoint, its artifacts (written under ``folder``) and
-        examples of raw input and output. Call after ``for_trial`` with the best candidate."""
+    def serving_bundle(self, checkpoint: str, folder: Path) -> ServingBundle:
+        """The codec for the served model, its artifacts (written under ``folder``) and examples
+        of raw input and output. Call after ``for_trial`` with the best candidate."""
         raise NotImplementedError
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
@@ -138,16 +185,93 @@ class BaseDataModule(pl.LightningDataModule):
         return self._loader("test", False)
 
 
+# -- the data node: a kind's keys + its source's keys, typed --------------------------------------
+@dataclass
+class DataOptions:
+    """The checked ``data`` node, split into what the data module and the loader read."""
 
-def stable_hash(*parts: Any) -> str:
-    """Return a short sha256 of JSON-serialisable parts (or bytes)."""
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, bytes):
-            h.update(part)
-        else:
-            h.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
+    kind: str
+    options: Any
+    source: SourceConfig
+
+
+def data_options(node: dict[str, Any], kind: str) -> DataOptions:
+    """Check the ``data`` node against its kind's schema and its source's schema.
+
+    Raises:
+        ConfigError: for a source of another kind, an unknown key, a wrong type or a missing value,
+            with the full key.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    source = str(node.get("source"))
+    sources = [s for s in data_sources.names() if data_sources.meta(s).get("kind") in (None, kind)]
+    if source not in data_sources or source not in sources:
+        raise ConfigError("data.source", f"not a source of {kind} data", given=source,
+                          allowed=sources, fix=f"choose a {kind} data set (see conf/data/)")
+    kind_schema = datamodules.meta(kind)["schema"]
+    source_schema = data_sources.meta(source).get("schema", SourceConfig)
+    kind_keys = [f.name for f in fields(kind_schema)]
+    source_keys = [f.name for f in fields(source_schema)]
+    known = list(dict.fromkeys([*kind_keys, *source_keys]))
+    for key in node:
+        if key not in known:
+            raise ConfigError(f"data.{key}", "unknown key", given=str(key), allowed=known,
+                              fix="check the spelling (see conf/data/)")
+
+    def typed(schema: type, keys: list[str]) -> Any:
+        part = {k: v for k, v in node.items() if k in keys}
+        try:
+            return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), part))
+        except MissingMandatoryValue as exc:
+            key = f"data.{exc.key}" if getattr(exc, "key", None) else "data"
+            raise ConfigError(key, "not set", fix=f"add {key}=<value> (see conf/data/)") from None
+        except OmegaConfBaseException as exc:
+            key = f"data.{exc.key}" if getattr(exc, "key", None) else "data"
+            raise ConfigError(key, "wrong type", given=getattr(exc, "value", None),
+                              allowed=f"a value of the type in conf/data/{node.get('name')}.yaml"
+                              ) from None
+
+    return DataOptions(kind=kind, options=typed(kind_schema, kind_keys),
+                       source=typed(source_schema, source_keys))
+
+
+def open_datamodule(node: dict[str, Any], kind: str, *, seed: int, cache_dir: str | Path,
+                    target_kind: str = "classes") -> BaseDataModule:
+    """The data module of ``kind`` for a ``data`` node (checked first; nothing is read yet)."""
+    checked = data_options(node, kind)
+    cls = datamodules.get(kind)
+    return cls(checked.options, checked.source, seed=seed, cache_dir=cache_dir,
+               target_kind=target_kind)
+
+
+# -- checks and helpers the kinds share ---------------------------------------------------------
+def require_column(frame: pd.DataFrame, key: str, name: Any) -> str:
+    """``name`` if it is a column of ``frame``; else a ConfigError for ``key`` listing them."""
+    columns = [str(c) for c in frame.columns]
+    if name is None or str(name) not in columns:
+        raise ConfigError(key, "no such column in the data" if name is not None else "not set",
+                          given=name, allowed=columns, fix=f"set {key}=<one of the columns>")
+    return str(name)
+
+
+def numeric_column(frame: pd.DataFrame, column: str, key: str) -> np.ndarray:
+    """A column as float64; a cell that is not a number is a DataError naming its row."""
+    raw = frame[column]
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = raw[values.isna() & raw.notna()]
+    if len(bad):
+        raise DataError(f"{key}: column {column!r} holds values that are not numbers (e.g. "
+                        f"{bad.iloc[0]!r} in row {int(bad.index[0]) + 2}); fix: clean the column or "
+                        "leave it out")
+    return values.to_numpy(dtype=np.float64)
+
+
+def no_rows(frame: Any) -> None:
+    """A file with a header and no rows is a DataError."""
+    if len(frame) == 0:
+        raise DataError("data: the file has a header but no rows; fix: add rows")
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
@@ -200,11 +324,22 @@ def stratified_split(
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
+def encode_labels(labels: list[str], names: list[str]) -> np.ndarray:
+    """Each label's index in ``names``."""
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([index[s] for s in labels], dtype=np.int64)
+
+
 def classes_line(profile: dict[str, Any]) -> tuple[str, str]:
     """The profile's class counts as a (label, text) row for the terminal."""
     bal = profile["balance"]
     counts = ", ".join(f"{k} {v}" for k, v in bal["counts"].items())
     return ("classes", f"{profile['classes']}: {counts} (imbalance {bal['imbalance_ratio']}x)")
+
+
+def splits_text(splits: dict[str, int]) -> str:
+    """``train N, val N, test N``."""
+    return ", ".join(f"{s} {splits[s]}" for s in SPLITS)
 
 
 def class_balance(labels: np.ndarray, names: list[str]) -> dict[str, Any]:
@@ -216,3 +351,17 @@ def class_balance(labels: np.ndarray, names: list[str]) -> dict[str, Any]:
         "majority_class": names[int(counts.argmax())],
         "majority_share": round(float(counts.max() / counts.sum()), 4),
     }
+
+
+def seeded_loader(data: Any, *, batch_size: int, shuffle: bool, seed: int, collate: Any,
+                  num_workers: int = 0) -> DataLoader[Any]:
+    """A DataLoader whose shuffling is seeded (same seed, same batches)."""
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle,
+                      generator=torch.Generator().manual_seed(seed), collate_fn=collate,
+                      num_workers=num_workers)
+
+
+def stack_batch(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+    """``(x, target)`` rows as ``{"inputs": {"x"}, "target"}``."""
+    return {"inputs": {"x": torch.stack([r[0] for r in rows])},
+            "target": torch.stack([r[1] for r in rows])}

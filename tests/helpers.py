@@ -1,0 +1,91 @@
+"""What tests share: the real config composed with cheap overrides, the real command in a
+subprocess, data modules from a plain ``data`` node, and the selector on a composed config.
+
+Test files import from here (never from each other); ``conftest.py`` turns these into fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from archselect.config.compose import compose_config
+from archselect.config.validate import typed
+from archselect.data.base import BaseDataModule, DataSpec, open_datamodule
+from archselect.hardware import HardwareProfile
+from archselect.selector import Selection, resolve_task, select
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # tests never touch the network
+
+# Small and fast, but real: the built-in data, real stores, real training.
+TEXT_ONLY = ["data.max_samples=450", "data.vocab_size=2000"]
+CHEAP = [
+    "search.max_epochs=2",
+    "search.patience=1",
+    "trainer.progress_bar=false",
+    "selector.rules.small_data.min_train_samples=50",
+    "arch.lstm.model.hidden_size=32",
+    "arch.lstm.model.embed_dim=32",
+    "arch.lstm.space.hidden_size.low=32",
+    "arch.lstm.space.hidden_size.high=64",
+    "arch.lstm.space.hidden_size.step=32",
+    "arch.lstm.space.embed_dim.choices=[32,64]",
+    "arch.transformer.model.d_model=32",
+    "arch.transformer.model.dim_feedforward=64",
+    "arch.transformer.space.d_model.choices=[32,64]",
+]
+CPU = HardwareProfile(cpu_cores=2, torch_threads=2, memory_gb=8.0)
+
+
+def compose_cfg(overrides: list[str], tmp_path: Path, cheap: bool = True) -> Any:
+    """The real config, composed as the CLI would, with stores under ``tmp_path``."""
+    text = not any(o.startswith("task=") and o != "task=text_classification" for o in overrides)
+    base = ([*CHEAP, *TEXT_ONLY] if text else CHEAP) if cheap else []
+    return compose_config([*base, f"runs_dir={tmp_path}", *overrides])
+
+
+def archselect(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """The real command (``python -m archselect``) in a subprocess, without HYDRA_FULL_ERROR."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "160"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "archselect", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The single stderr line of a command that failed with exit code 2, without a traceback."""
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def datamodule(kind: str, node: dict[str, Any], cache_dir: Path | str, seed: int = 0,
+               target_kind: str | None = None) -> BaseDataModule:
+    """The data module of ``kind`` for a plain ``data`` node, checked as a run checks it."""
+    default = {"series": "forecast"}.get(kind, "classes")
+    return open_datamodule(node, kind, seed=seed, cache_dir=cache_dir,
+                           target_kind=target_kind or default)
+
+
+def config_datamodule(cfg: Any, cache_dir: Path | str) -> BaseDataModule:
+    """The data module a run of the composed ``cfg`` reads."""
+    conf = typed(cfg)
+    task = resolve_task(conf.task, conf.selector.table)
+    from archselect.tasks import families
+
+    return open_datamodule(conf.data, task.data_kind, seed=conf.seed, cache_dir=cache_dir,
+                           target_kind=families.get(task.family).target_kind)
+
+
+def select_for(cfg: Any, spec: DataSpec, hw: HardwareProfile = CPU) -> Selection:
+    """What the selector picks for the composed ``cfg``, this data and this machine."""
+    conf = typed(cfg)
+    task = resolve_task(conf.task, conf.selector.table)
+    return select(task, conf.selector, conf.arch, conf.search.max_epochs, spec, hw)
