@@ -24,6 +24,7 @@ def bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, ModuleTy
     return mods
 
 
+@pytest.mark.study
 def test_overhead_runs_both_paths_and_the_report_shows_them(bench: dict[str, ModuleType],
                                                             tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,6 +46,7 @@ def test_overhead_runs_both_paths_and_the_report_shows_them(bench: dict[str, Mod
     assert "## 4. Pruning\n\nNot run yet" in text
 
 
+@pytest.mark.study
 def test_bookkeeping_parts_add_up_to_the_study(bench: dict[str, ModuleType]) -> None:
     mod = bench["bookkeeping"]
     probe, result = mod.probe_study([*TABULAR, "search.n_trials=2", "search.max_epochs=2",

@@ -33,6 +33,7 @@ def test_user_errors_are_one_line_and_write_nothing(tmp_path: Path, text_csv: Pa
     assert not (runs / "optuna.db").exists() and not (runs / "mlflow.db").exists()
 
 
+@pytest.mark.study
 def test_csv_study_via_hydra_multirun_one_study_per_job(tmp_path: Path, text_csv: Path) -> None:
     proc = archselect("-m", "data=csv", f"data.path={text_csv}", "data.text_column=review",
                       "data.target=stars", f"runs_dir={tmp_path / 'runs'}", *CHEAP,
@@ -48,6 +49,7 @@ def test_csv_study_via_hydra_multirun_one_study_per_job(tmp_path: Path, text_csv
     assert counts == [1, 2]
 
 
+@pytest.mark.study
 def test_a_failing_multirun_job_does_not_stop_the_sweep(tmp_path: Path, text_csv: Path) -> None:
     # Job 0 asks for too few rows (a clear error); job 1 runs.
     proc = archselect("-m", "data=csv", f"data.path={text_csv}", "data.text_column=review",

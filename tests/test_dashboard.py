@@ -25,6 +25,8 @@ from mlflow.tracking import MlflowClient
 
 from archselect.run import run
 
+pytestmark = pytest.mark.study  # every test here trains a real study
+
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless, and nothing that reaches beyond this machine.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -91,5 +91,5 @@ def test_every_file_of_an_arch_folder_is_an_architecture(tmp_path: Path) -> None
 
 def test_a_file_whose_key_is_not_its_name_is_refused(tmp_path: Path) -> None:
     (tmp_path / "toy.yaml").write_text(TOY_YAML)
-    with pytest.raises(ValueError, match="toy.yaml must hold one top-level key, 'toy'"):
+    with pytest.raises(ValueError, match=r"toy\.yaml must hold one top-level key, 'toy'"):
         arch_configs(tmp_path)

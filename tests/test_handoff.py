@@ -12,10 +12,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 from helpers import config_datamodule
 from mlflow.tracking import MlflowClient
 
 from archselect.run import run
+
+pytestmark = pytest.mark.study  # every test here trains a real study
 
 MODEL = "archselect-tabular_classification"
 IRIS = ["task=tabular_classification", "data=iris", "search.n_trials=1"]

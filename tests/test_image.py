@@ -62,6 +62,7 @@ def test_fashion_mnist_reads_the_debian_idx_files(tmp_path: Path) -> None:
     assert "ankle boot" in spec.class_names
 
 
+@pytest.mark.study
 def test_image_study_on_digits_trains_cnn_and_serves_raw_arrays(make_cfg, tmp_path: Path) -> None:
     result = run(make_cfg("task=image_classification", "data.max_samples=600",
                           "selector.candidates=[mlp,cnn,resnet,efficientnet]", "search.n_trials=4",

@@ -20,6 +20,8 @@ from mlflow.tracking import MlflowClient
 from archselect.config.errors import ArchselectError
 from archselect.run import run
 
+pytestmark = pytest.mark.study  # every test here trains a real study
+
 # The perceptron baseline finishes in 3 epochs; the MLP runs until search.trial_timeout (or a
 # signal) stops it: trials whose length the test decides, on real data.
 IRIS = ["task=tabular_classification", "data=iris", "trainer.progress_bar=false",

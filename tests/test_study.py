@@ -20,6 +20,7 @@ def _children(client: MlflowClient, exp_id: str, parent: str) -> list:
     return client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
 
 
+@pytest.mark.study
 def test_two_trial_study_end_to_end_and_resume(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(*SMALL, "search.n_trials=2")
     result = run(cfg)
@@ -87,6 +88,7 @@ def test_two_trial_study_end_to_end_and_resume(make_cfg, tmp_path: Path) -> None
     assert result2.model_version == 2
 
 
+@pytest.mark.study
 def test_baseline_trials_are_not_pruned(make_cfg, tmp_path: Path) -> None:
     result = run(make_cfg(
         "selector.candidates=[bag_of_embeddings]", "search.n_trials=1", "search.study_name=b",
@@ -96,6 +98,7 @@ def test_baseline_trials_are_not_pruned(make_cfg, tmp_path: Path) -> None:
     assert [(r.baseline, r.state) for r in result.outcome.records] == [(True, "COMPLETE")]
 
 
+@pytest.mark.study
 def test_pruned_trials_read_as_pruned_not_failed(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(
         "selector.candidates=[bag_of_embeddings]", "search.n_trials=2", "search.study_name=p",
@@ -117,6 +120,7 @@ def test_pruned_trials_read_as_pruned_not_failed(make_cfg, tmp_path: Path) -> No
     assert {t.state for t in study.trials} == {optuna.trial.TrialState.PRUNED}
 
 
+@pytest.mark.study
 def test_a_crashing_trial_is_failed_with_its_reason_and_the_study_goes_on(make_cfg,
                                                                           tmp_path: Path) -> None:
     # An absurd learning rate makes the loss non-finite: a real failure, not a patched one.
@@ -145,6 +149,7 @@ def test_dry_run_writes_nothing(make_cfg, tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.study
 def test_resume_runs_queued_baselines_once(make_cfg, tmp_path: Path) -> None:
     # Fewer trials than candidates: the lstm baseline stays queued, then runs on resume.
     run(make_cfg(*SMALL[:1], "search.study_name=q", "search.n_trials=1"))
@@ -157,6 +162,7 @@ def test_resume_runs_queued_baselines_once(make_cfg, tmp_path: Path) -> None:
         ("bag_of_embeddings", "COMPLETE"), ("lstm", "COMPLETE")]
 
 
+@pytest.mark.study
 def test_resume_with_other_candidates_is_refused_before_writing(make_cfg, tmp_path: Path) -> None:
     from archselect.config.errors import ConfigError
 
@@ -170,6 +176,7 @@ def test_resume_with_other_candidates_is_refused_before_writing(make_cfg, tmp_pa
     assert len(study.trials) == 1
 
 
+@pytest.mark.study
 def test_pretrained_encoder_from_a_local_folder_trains_and_serves(make_cfg,
                                                                    tmp_path: Path) -> None:
     # A user's own encoder folder (saved with save_pretrained), here a copy of the bundled MiniLM.
@@ -182,10 +189,13 @@ def test_pretrained_encoder_from_a_local_folder_trains_and_serves(make_cfg,
     AutoTokenizer.from_pretrained(src).save_pretrained(folder)
     result = run(make_cfg("selector.candidates=[pretrained]", "search.n_trials=1",
                           "search.study_name=pt", f"arch.pretrained.model.encoder={folder}",
-                          "search.max_epochs=1"))
+                          "search.max_epochs=3", "selector.rules.no_gpu.max_epochs.pretrained=3",
+                          "arch.pretrained.optim.lr=2e-4"))
     (record,) = result.outcome.records
     assert (record.arch, record.state) == ("pretrained", "COMPLETE")
-    assert result.test_metrics["accuracy"] > result.baseline_metrics["accuracy"] - 0.2
+    # Three epochs of the top layers already beat the majority class (0.618 vs 0.529 measured).
+    assert result.test_metrics["accuracy"] > result.baseline_metrics["accuracy"]
+    assert result.test_metrics["macro_f1"] > result.baseline_metrics["macro_f1"] + 0.1
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     model = mlflow.pyfunc.load_model("models:/archselect-text_classification/1")
     import pandas as pd
@@ -194,6 +204,7 @@ def test_pretrained_encoder_from_a_local_folder_trains_and_serves(make_cfg,
     assert out["label"].iloc[0] in {"fresh", "plot", "rotten"}
 
 
+@pytest.mark.study
 def test_search_timeout_starts_no_new_trial_the_running_one_finishes(make_cfg) -> None:
     result = run(make_cfg("selector.candidates=[lstm]", "search.study_name=t", "search.n_trials=5",
                           "search.max_epochs=2", "search.timeout=1"))

@@ -79,6 +79,7 @@ def test_perceptron_separates_a_linearly_separable_set(tmp_path: Path) -> None:
     assert (preds == dm.y["train"]).mean() == 1.0
 
 
+@pytest.mark.study
 def test_tabular_classification_study_and_served_model(make_cfg, tmp_path: Path) -> None:
     result = run(make_cfg("task=tabular_classification", "data=iris", "search.n_trials=3",
                           "search.max_epochs=25", "search.patience=25"))
@@ -95,6 +96,7 @@ def test_tabular_classification_study_and_served_model(make_cfg, tmp_path: Path)
     assert out["label"].iloc[0] == "setosa"
 
 
+@pytest.mark.study
 def test_tabular_regression_study_reports_rmse_mae_r2(make_cfg, tmp_path: Path) -> None:
     result = run(make_cfg("task=tabular_regression", "search.n_trials=2", "search.max_epochs=30"))
     assert set(result.test_metrics) == {"rmse", "mae", "r2"}
@@ -114,6 +116,7 @@ def test_tabular_regression_study_reports_rmse_mae_r2(make_cfg, tmp_path: Path) 
     assert list(out.columns) == ["prediction"] and out["prediction"].between(0, 500).all()
 
 
+@pytest.mark.study
 def test_a_continuous_target_selects_the_regression_row_by_itself(make_cfg,
                                                                    tmp_path: Path) -> None:
     rng = np.random.default_rng(2)

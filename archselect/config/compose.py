@@ -125,7 +125,7 @@ def precheck(argv: list[str]) -> str | None:
     """
     import os
 
-    from archselect.config.validate import check_runs_dir
+    from archselect.config.validate import check_row, check_runs_dir
 
     overrides = user_overrides(argv)
     if overrides is None:
@@ -133,6 +133,7 @@ def precheck(argv: list[str]) -> str | None:
     try:
         cfg = compose_config(overrides)
         check_runs_dir(str(cfg.runs_dir))  # before Hydra creates it
+        check_row(str(cfg.task.name), cfg.selector.table)
     except ConfigError as exc:
         return str(exc)
     except Exception as exc:
