@@ -104,8 +104,11 @@ def finish(best: TrialRecord, *, dm: BaseDataModule, hw: HardwareProfile, tracke
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = dm.serving_bundle(best.checkpoint, Path(tmp))
+        # Classifiers answer params={"probabilities": "all"} with every class's probability.
+        params = {"probabilities": "top"} if bundle.codec.class_names else None
         with warnings.catch_warnings(record=True):  # MLflow's hint on integer columns
-            signature = infer_signature(bundle.input_example, bundle.output_example)
+            signature = infer_signature(bundle.input_example, bundle.output_example,
+                                        params=params)
         if bundle.input_schema is not None:
             signature.inputs = bundle.input_schema
         with console.status("Logging and registering the best model..."):

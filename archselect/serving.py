@@ -45,14 +45,58 @@ def as_frame(model_input: Any) -> pd.DataFrame:
     return pd.DataFrame(model_input)
 
 
+#: ``params={"probabilities": ...}`` of a classifier: the top class only, or every class too
+PROBABILITIES = ("top", "all")
+
+
+def probabilities_param(params: dict[str, Any] | None) -> str:
+    """The ``probabilities`` parameter of a predict call (``top`` when not given)."""
+    value = str((params or {}).get("probabilities", "top"))
+    if value not in PROBABILITIES:
+        raise ValueError(f"params.probabilities must be one of {', '.join(PROBABILITIES)}, but got "
+                         f"{value!r}")
+    return value
+
+
 def class_frame(logits: torch.Tensor, class_names: list[str],
-                leading: dict[str, list[Any]] | None = None) -> pd.DataFrame:
-    """The top class of each row and its probability (after the ``leading`` key columns)."""
+                leading: dict[str, list[Any]] | None = None,
+                probabilities: str = "top") -> pd.DataFrame:
+    """The top class of each row and its probability (after the ``leading`` key columns); with
+    ``probabilities="all"`` also one ``proba_<class>`` column per class."""
     probs = torch.softmax(logits.float(), -1)
     conf, idx = probs.max(-1)
-    return pd.DataFrame({**(leading or {}),
-                         "label": [class_names[int(i)] for i in idx],
-                         "probability": [round(float(c), 4) for c in conf]})
+    out: dict[str, Any] = {**(leading or {}),
+                           "label": [class_names[int(i)] for i in idx],
+                           "probability": [round(float(c), 4) for c in conf]}
+    if probabilities == "all":
+        for j, name in enumerate(class_names):
+            out[f"proba_{name}"] = [round(float(v), 4) for v in probs[:, j]]
+    return pd.DataFrame(out)
+
+
+def require_columns(frame: pd.DataFrame, needed: list[str], what: str) -> None:
+    """One line naming the columns ``frame`` lacks (``what`` says what they are for)."""
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the input lacks column(s) {', '.join(map(repr, missing))} ({what}); "
+                         f"it has: {', '.join(map(str, frame.columns))}; give them (empty cells "
+                         "are fine where the training data had them)")
+
+
+def first_present(frame: pd.DataFrame, names: list[str], what: str) -> str:
+    """The first of ``names`` that is a column of ``frame``; a frame of one column is read as it.
+
+    Raises:
+        ValueError: naming the columns it takes.
+    """
+    for name in names:
+        if name in frame.columns:
+            return name
+    if len(frame.columns) == 1:
+        return str(frame.columns[0])
+    raise ValueError(f"the input has no {what} column: give one named "
+                     f"{' or '.join(map(repr, dict.fromkeys(names)))}; it has: "
+                     f"{', '.join(map(str, frame.columns))}")
 
 
 class Codec:
@@ -71,9 +115,10 @@ class Codec:
         """The user's rows as model input batches, plus what ``decode`` needs to name them."""
         raise NotImplementedError
 
-    def decode(self, outputs: torch.Tensor, keys: Any) -> pd.DataFrame:
+    def decode(self, outputs: torch.Tensor, keys: Any, params: dict[str, Any] | None
+               ) -> pd.DataFrame:
         """The model's outputs (all batches, in order) as the answer; classes by default."""
-        return class_frame(outputs, self.class_names)
+        return class_frame(outputs, self.class_names, probabilities=probabilities_param(params))
 
 
 class _Quiet(PythonModel):
@@ -111,5 +156,5 @@ class ServedModel(_Quiet):
         batches, keys = self.codec.encode(as_frame(model_input))
         with torch.inference_mode():
             outputs = [self.module(**batch).float() for batch in batches]
-        return self.codec.decode(torch.cat(outputs) if outputs else torch.zeros(0), keys)
+        return self.codec.decode(torch.cat(outputs) if outputs else torch.zeros(0), keys, params)
 

@@ -17,6 +17,7 @@ Its defaults live in ``conf/data/<name>.yaml``; nothing else lists it.
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -266,6 +267,23 @@ def numeric_column(frame: pd.DataFrame, column: str, key: str) -> np.ndarray:
                         f"{bad.iloc[0]!r} in row {int(bad.index[0]) + 2}); fix: clean the column or "
                         "leave it out")
     return values.to_numpy(dtype=np.float64)
+
+
+def as_read(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` as ``pandas.read_csv`` gives it to a user who saved it as a CSV file: its
+    default dtypes (whole numbers as int64, numbers beside a gap as float64, text as text) and
+    its default missing values. Loaders read every cell as written (so that labels such as "05"
+    keep their spelling); what the served model is shown and tested with is what users have."""
+    return pd.read_csv(io.StringIO(frame.to_csv(index=False)))
+
+
+def any_columns(columns: list[str]) -> Any:
+    """An MLflow input schema naming ``columns``, each of any type and optional: the served
+    model converts what pandas reads (whole numbers where floats were seen, gaps, numbers in a
+    text column) itself, and names a missing column in one line."""
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    return Schema([ColSpec(AnyType(), str(c), required=False) for c in columns])
 
 
 def no_rows(frame: Any) -> None:

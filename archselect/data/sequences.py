@@ -20,6 +20,8 @@ from archselect.data.base import (
     BaseDataModule,
     DataSpec,
     ServingBundle,
+    any_columns,
+    as_read,
     check_fractions,
     class_balance,
     classes_line,
@@ -34,7 +36,13 @@ from archselect.data.base import (
 )
 from archselect.data.timeindex import fill_missing, parse_times
 from archselect.hashing import stable_hash
-from archselect.serving import Batch, Codec, class_frame
+from archselect.serving import (
+    Batch,
+    Codec,
+    class_frame,
+    probabilities_param,
+    require_columns,
+)
 
 #: the served model's series key column (rows without it are one series)
 ID_COLUMN = "series_id"
@@ -69,6 +77,9 @@ class SequenceDataModule(BaseDataModule):
         self.mean = np.zeros(1)
         self.std = np.ones(1)
         self.batch_size = 32
+        self.raw = pd.DataFrame()
+        self.id_column = ID_COLUMN
+        self.time_column: str | None = None
 
     def _columns(self, frame: pd.DataFrame) -> tuple[str, str | None, str]:
         builtin = "split" in frame.columns and self.source.source == "ts_archive"
@@ -95,6 +106,8 @@ class SequenceDataModule(BaseDataModule):
         frame = self.load_frame()
         no_rows(frame)
         id_col, time_col, target = self._columns(frame)
+        self.raw = frame.reset_index(drop=True)  # the rows as the user gave them
+        self.id_column, self.time_column = id_col, time_col
         self.channels = [c for c in frame.columns if c not in (id_col, time_col, target, "split")]
         if not self.channels:
             raise DataError("data: no value columns besides the id, time and label columns")
@@ -199,21 +212,25 @@ class SequenceDataModule(BaseDataModule):
                           f"({self.cfg.fill_missing})"))
         return lines
 
+    def raw_series(self, ids: list[str]) -> pd.DataFrame:
+        """The user's own rows of these series (id, time and channel columns), as pandas reads
+        them."""
+        self.prepare()
+        columns = [c for c in (self.id_column, self.time_column) if c] + self.channels
+        rows = self.raw[self.raw[self.id_column].astype(str).isin(ids)]
+        return as_read(rows[columns])
+
     def serving_bundle(self, checkpoint: str, folder: Path) -> ServingBundle:
         spec = self.prepare()
         codec = SequenceCodec(class_names=spec.class_names, channels=self.channels,
                               length=spec.input_shape[0], mean=self.mean.tolist(),
-                              std=self.std.tolist())
-        rows = []
-        for sid, series in zip(self.ids["test"][:2], self.x["test"][:2], strict=False):
-            block = pd.DataFrame(series.astype(np.float64), columns=self.channels)
-            block.insert(0, ID_COLUMN, sid)
-            rows.append(block)
-        example = pd.concat(rows, ignore_index=True)
-        output = pd.DataFrame({ID_COLUMN: self.ids["test"][:2],
+                              std=self.std.tolist(), id_column=self.id_column,
+                              time_column=self.time_column, fill_missing=self.cfg.fill_missing)
+        example = self.raw_series(self.ids["train"][:2])
+        output = pd.DataFrame({self.id_column: example[self.id_column].unique()[:2],
                                "label": [spec.class_names[0]] * 2, "probability": [1.0] * 2})
         return ServingBundle(codec=codec, artifacts={}, input_example=example,
-                             output_example=output)
+                             output_example=output, input_schema=any_columns([*example.columns]))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
         self.prepare()
@@ -224,29 +241,49 @@ class SequenceDataModule(BaseDataModule):
 
 
 class SequenceCodec(Codec):
-    """The served series classifier's side: a long DataFrame in (``series_id`` and the channel
-    columns, one row per time step in time order; no ``series_id``: one series), cut or padded and
-    standardised as in training; a label and its probability per series out."""
+    """The served series classifier's side: a long DataFrame in (the training's id column, or
+    ``series_id``, of any type; the time column, by which each series' rows are ordered when it is
+    given, else rows in time order; the channel columns), filled, cut or padded and standardised
+    as in training; a label and its probability per series out, under the id column given. No id
+    column: the rows are one series."""
 
     def __init__(self, *, class_names: list[str], channels: list[str], length: int,
-                 mean: list[float], std: list[float]) -> None:
+                 mean: list[float], std: list[float], id_column: str, time_column: str | None,
+                 fill_missing: str) -> None:
         self.class_names = class_names
         self.channels = channels
         self.length = length
         self.mean = mean
         self.std = std
+        self.id_column = id_column
+        self.time_column = time_column
+        self.fill_missing = fill_missing
 
     def encode(self, frame: pd.DataFrame) -> tuple[list[Batch], Any]:
-        if ID_COLUMN not in frame.columns:
-            frame = frame.assign(**{ID_COLUMN: "series"})
-        ids = list(dict.fromkeys(frame[ID_COLUMN].tolist()))
+        require_columns(frame, self.channels, "the channels the model reads")
+        id_col = next((c for c in (self.id_column, ID_COLUMN) if c in frame.columns), None)
+        if id_col is None:
+            id_col, frame = ID_COLUMN, frame.assign(**{ID_COLUMN: "series"})
+        if self.time_column is not None and self.time_column in frame.columns:
+            order = parse_times(frame[self.time_column], None, self.time_column)
+            frame = frame.assign(_t=order.to_numpy()).sort_values("_t", kind="stable")
+        ids = list(dict.fromkeys(frame[id_col].tolist()))
         mean, std = np.asarray(self.mean), np.asarray(self.std)
         batch = []
         for sid in ids:
-            block = frame.loc[frame[ID_COLUMN] == sid, self.channels]
-            values = block.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
-            batch.append((fit_length(values, self.length) - mean) / std)
-        return [{"x": torch.as_tensor(np.stack(batch), dtype=torch.float32)}], ids
+            block = frame.loc[frame[id_col] == sid, self.channels]
+            values = block.apply(pd.to_numeric, errors="coerce").reset_index(drop=True)
+            if values.isna().to_numpy().any():
+                if self.fill_missing == "none":
+                    raise ValueError(f"series {sid!r} holds missing or non-numeric values; the "
+                                     "model was trained on complete series: fill them first")
+                values, _ = fill_missing(values, self.fill_missing, f"series {sid!r} has")
+            series = values.to_numpy(dtype=np.float32)
+            batch.append((fit_length(series, self.length) - mean) / std)
+        return [{"x": torch.as_tensor(np.stack(batch), dtype=torch.float32)}], (id_col, ids)
 
-    def decode(self, outputs: torch.Tensor, keys: Any) -> pd.DataFrame:
-        return class_frame(outputs, self.class_names, leading={ID_COLUMN: keys})
+    def decode(self, outputs: torch.Tensor, keys: Any, params: dict[str, Any] | None
+               ) -> pd.DataFrame:
+        id_col, ids = keys
+        return class_frame(outputs, self.class_names, leading={id_col: ids},
+                           probabilities=probabilities_param(params))

@@ -25,6 +25,8 @@ from archselect.data.base import (
     BaseDataModule,
     DataSpec,
     ServingBundle,
+    any_columns,
+    as_read,
     check_fractions,
     datamodules,
     no_rows,
@@ -36,11 +38,14 @@ from archselect.data.timeindex import (
     detect_season,
     fill_missing,
     fmt_time,
+    full_grid,
+    grid_step,
+    next_times,
     parse_times,
     regular_grid,
 )
 from archselect.hashing import stable_hash
-from archselect.serving import Batch, Codec
+from archselect.serving import Batch, Codec, require_columns
 
 NORMALISE_MODES = ("window", "global")
 
@@ -124,6 +129,8 @@ class SeriesDataModule(BaseDataModule):
         self.arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.mean = np.zeros(1)
         self.std = np.ones(1)
+        self.time_column: str | None = None
+        self.step: float | str | None = None
 
     def prepare(self) -> DataSpec:
         if self.spec is not None:
@@ -205,6 +212,8 @@ class SeriesDataModule(BaseDataModule):
             table = table.iloc[-cfg.max_samples:]
         self.values = table.to_numpy(dtype=np.float64)
         self.times = table.index if time_col is not None else pd.RangeIndex(len(table))
+        self.time_column = time_col
+        self.step = grid_step(table.index) if time_col is not None else None
         n = len(self.values)
         n_test = round(n * cfg.test_fraction)
         n_val = round(n * cfg.val_fraction)
@@ -329,17 +338,36 @@ class SeriesDataModule(BaseDataModule):
         fig.tight_layout()
         return {"plots/forecast.png": fig}
 
+    def history(self, start: int, end: int) -> pd.DataFrame:
+        """Rows ``start:end`` of the series as a user's file holds them: the time column (written
+        as ``data.time_format``, or as dates / numbers), the target and the covariates."""
+        self.prepare()
+        frame = pd.DataFrame(self.values[start:end], columns=self.columns)
+        if self.time_column is not None:
+            fmt = self.cfg.time_format
+            times = [t.strftime(fmt) if fmt and isinstance(t, pd.Timestamp) else fmt_time(t)
+                     for t in self.times[start:end]]
+            frame.insert(0, self.time_column, times)
+        return as_read(frame)
+
     def serving_bundle(self, checkpoint: str, folder: Path) -> ServingBundle:
         spec = self.prepare()
         lookback = spec.input_shape[0]
         codec = ForecastCodec(columns=self.columns, lookback=lookback, mean=self.mean.tolist(),
-                              std=self.std.tolist(), normalise=spec.profile["normalise"])
+                              std=self.std.tolist(), normalise=spec.profile["normalise"],
+                              time_column=self.time_column, time_format=self.cfg.time_format,
+                              step=self.step, resample=self.cfg.resample,
+                              fill_missing=self.cfg.fill_missing)
         a, _ = self.bounds["test"]
-        example = pd.DataFrame(self.values[a - lookback:a], columns=self.columns)
+        example = self.history(a - lookback, a)
         output = pd.DataFrame({"step": np.arange(1, spec.horizon + 1),
                                "forecast": np.zeros(spec.horizon)})
+        if self.time_column is not None and self.step is not None:
+            output.insert(1, self.time_column, next_times(self.times[a - 1], self.step,
+                                                          spec.horizon))
         return ServingBundle(codec=codec, artifacts={}, input_example=example,
-                             output_example=output)
+                             output_example=output,
+                             input_schema=any_columns([*example.columns]))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
         self.prepare()
@@ -349,36 +377,67 @@ class SeriesDataModule(BaseDataModule):
 
 
 class ForecastCodec(Codec):
-    """The served forecaster's side: a history in (the target and covariate columns, oldest row
-    first, at least ``lookback`` rows; the last ``lookback`` are read), scaled as in training; the
-    next values of the target out, as rows ``step`` (1..horizon) and ``forecast``."""
+    """The served forecaster's side: a history in (the target and covariate columns, at least
+    ``lookback`` rows after resampling; the last ``lookback`` are read), ordered by the time column
+    when it is given (else oldest row first), resampled and filled as in training, scaled as in
+    training; the next values of the target out, as rows ``step`` (1..horizon), the future times
+    (when the history has its time column) and ``forecast``."""
 
     def __init__(self, *, columns: list[str], lookback: int, mean: list[float], std: list[float],
-                 normalise: str) -> None:
+                 normalise: str, time_column: str | None, time_format: str | None,
+                 step: float | str | None, resample: str | None, fill_missing: str) -> None:
         self.class_names = []
         self.columns = columns
         self.lookback = lookback
         self.mean = mean
         self.std = std
         self.normalise = normalise
+        self.time_column = time_column
+        self.time_format = time_format
+        self.step = step
+        self.resample = resample
+        self.fill_missing = fill_missing
+
+    def _history(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
+        """The numeric history in time order, and its last time (None without a time column)."""
+        require_columns(frame, self.columns, "the target and covariates the model reads")
+        values = frame[self.columns].apply(pd.to_numeric, errors="coerce").astype(np.float64)
+        if self.time_column is None or self.time_column not in frame.columns:
+            return values.reset_index(drop=True), None
+        times = parse_times(frame[self.time_column], self.time_format, self.time_column)
+        values.index = pd.Index(times)
+        values = values.sort_index()
+        if self.resample and isinstance(values.index, pd.DatetimeIndex):
+            values = values.resample(self.resample).mean()
+        grid = full_grid(values.index, self.step) if self.step is not None else None
+        if grid is not None:  # a missing time step is a gap, as in training
+            values = values.reindex(grid)
+        return values, values.index[-1]
 
     def encode(self, frame: pd.DataFrame) -> tuple[list[Batch], Any]:
-        missing = [c for c in self.columns if c not in frame.columns]
-        if missing:
-            raise ValueError(f"history lacks column(s) {missing}; it needs {self.columns}")
-        if len(frame) < self.lookback:
-            raise ValueError(f"history has {len(frame)} rows; the model reads the last "
+        history, last = self._history(frame)
+        if history.isna().to_numpy().any():
+            if self.fill_missing == "none":
+                row = history.index[history.isna().any(axis=1)][0]
+                raise ValueError(f"the history holds {int(history.isna().to_numpy().sum())} "
+                                 f"missing or non-numeric value(s) (first at {fmt_time(row)}); the "
+                                 "model was trained on a complete series: fill them first")
+            history, _ = fill_missing(history, self.fill_missing, "the history has")
+        if len(history) < self.lookback:
+            raise ValueError(f"the history has {len(history)} rows; the model reads the last "
                              f"{self.lookback}")
-        values = frame[self.columns].apply(pd.to_numeric, errors="coerce").to_numpy(
-            dtype=np.float64)[-self.lookback:]
-        if np.isnan(values).any():
-            raise ValueError("history holds missing or non-numeric values; fill them first")
+        values = history.to_numpy(dtype=np.float64)[-self.lookback:]
         mean, std = np.asarray(self.mean), np.asarray(self.std)
         level = values[-1] if self.normalise == "window" else mean
         x = torch.as_tensor((values - level) / std, dtype=torch.float32)[None]
-        return [{"x": x}], float(level[0])
+        return [{"x": x}], (float(level[0]), last)
 
-    def decode(self, outputs: torch.Tensor, keys: Any) -> pd.DataFrame:
-        forecast = outputs.reshape(-1).numpy() * self.std[0] + keys
-        return pd.DataFrame({"step": np.arange(1, len(forecast) + 1),
-                             "forecast": [round(float(v), 6) for v in forecast]})
+    def decode(self, outputs: torch.Tensor, keys: Any, params: dict[str, Any] | None
+               ) -> pd.DataFrame:
+        level, last = keys
+        forecast = outputs.reshape(-1).numpy() * self.std[0] + level
+        out: dict[str, Any] = {"step": np.arange(1, len(forecast) + 1)}
+        if last is not None and self.step is not None and self.time_column is not None:
+            out[self.time_column] = next_times(last, self.step, len(forecast))
+        out["forecast"] = [round(float(v), 6) for v in forecast]
+        return pd.DataFrame(out)

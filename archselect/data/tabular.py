@@ -20,6 +20,8 @@ from archselect.data.base import (
     BaseDataModule,
     DataSpec,
     ServingBundle,
+    any_columns,
+    as_read,
     check_fractions,
     class_balance,
     classes_line,
@@ -33,7 +35,13 @@ from archselect.data.base import (
     stratified_split,
 )
 from archselect.hashing import stable_hash
-from archselect.serving import Batch, Codec, class_frame
+from archselect.serving import (
+    Batch,
+    Codec,
+    class_frame,
+    probabilities_param,
+    require_columns,
+)
 
 # Cells that mean "missing" in tables (text data keeps them as words).
 NA_TOKENS = ["", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "?", "-"]
@@ -49,8 +57,16 @@ def coerce_columns(frame: pd.DataFrame, numeric: list[str], categorical: list[st
         out[c] = pd.to_numeric(values, errors="coerce").astype("float64")
     for c in categorical:
         values = frame[c] if c in frame.columns else pd.Series(None, index=frame.index, dtype=object)
+        if pd.api.types.is_numeric_dtype(values):  # a served file whose codes pandas read as numbers
+            values = values.map(_as_written, na_action="ignore")
         out[c] = values.astype("string").astype(object).where(values.notna(), None)
     return out
+
+
+def _as_written(value: Any) -> str:
+    """A number as a CSV cell holds it: ``12`` for 12.0 (pandas reads 12 as 12.0 beside a gap)."""
+    number = float(value)
+    return str(int(number)) if number.is_integer() else str(value)
 
 
 def _looks_continuous(column: pd.Series) -> bool:
@@ -91,6 +107,9 @@ class TabularDataModule(BaseDataModule):
         self.numeric: list[str] = []
         self.categorical: list[str] = []
         self.preprocessor: Any = None
+        self.raw = pd.DataFrame()
+        self.rows: dict[str, np.ndarray] = {}
+        self.target = ""
 
     def prepare(self) -> DataSpec:
         if self.spec is not None:
@@ -104,9 +123,10 @@ class TabularDataModule(BaseDataModule):
         frame = self.load_frame()
         no_rows(frame)
         target = require_column(frame, "data.target", self.cfg.target)
-        frame = frame.replace(NA_TOKENS, np.nan)
+        self.raw = frame.reset_index(drop=True)  # the rows as the user gave them
+        frame = self.raw.replace(NA_TOKENS, np.nan)
         n_raw = len(frame)
-        frame = frame[frame[target].notna()].reset_index(drop=True)
+        frame = frame[frame[target].notna()]
         features = [c for c in frame.columns if c != target]
         if not features:
             raise DataError("data: the table has no feature columns besides the target")
@@ -122,6 +142,9 @@ class TabularDataModule(BaseDataModule):
             raise ContinuousTarget(f"{finding}; fix: use task=tabular_regression for a number to "
                                    "predict", finding)
         frame = self._sample(frame, target)
+        positions = frame.index.to_numpy()  # each kept row's place in the user's rows
+        frame = frame.reset_index(drop=True)
+        self.target = target
         if self.target_kind == "classes":
             labels_str = frame[target].astype(str).to_numpy()
             names = sorted(set(labels_str.tolist()))
@@ -156,6 +179,7 @@ class TabularDataModule(BaseDataModule):
         for s in SPLITS:
             self.frames[s] = frame.loc[split[s], features].reset_index(drop=True)
             self.y[s] = y[split[s]]
+            self.rows[s] = positions[split[s]]
         self.preprocessor.fit(self.frames["train"])
         for s in SPLITS:
             self.x[s] = np.asarray(self.preprocessor.transform(self.frames[s]), dtype=np.float32)
@@ -200,7 +224,7 @@ class TabularDataModule(BaseDataModule):
             strata = None  # a class with one row cannot be stratified; sample plainly
         keep, _ = train_test_split(np.arange(len(frame)), train_size=n, stratify=strata,
                                    random_state=self.seed)
-        return frame.iloc[np.sort(keep)].reset_index(drop=True)
+        return frame.iloc[np.sort(keep)]
 
     # -- the data-module contract -----------------------------------------------------------
     def _target_tensor(self, split: str) -> torch.Tensor:
@@ -234,16 +258,21 @@ class TabularDataModule(BaseDataModule):
                           f"range {t['min']:.4g}..{t['max']:.4g}"))
         return lines
 
+    def raw_rows(self, split: str) -> pd.DataFrame:
+        """The user's own rows of a split, target included, with the dtypes pandas reads."""
+        self.prepare()
+        return as_read(self.raw).iloc[self.rows[split]].reset_index(drop=True)
+
     def serving_bundle(self, checkpoint: str, folder: Path) -> ServingBundle:
         import joblib
 
         spec = self.prepare()
         joblib.dump(self.preprocessor, folder / "preprocessor.joblib")
-        codec = TabularCodec(class_names=spec.class_names, features=list(self.frames["test"].columns),
-                             numeric=self.numeric,
-                             categorical=self.categorical, target_mean=spec.target_mean,
-                             target_std=spec.target_std)
-        example = self.frames["test"].head(3)
+        features = list(self.frames["test"].columns)
+        codec = TabularCodec(class_names=spec.class_names, features=features,
+                             numeric=self.numeric, categorical=self.categorical,
+                             target_mean=spec.target_mean, target_std=spec.target_std)
+        example = as_read(self.raw).iloc[self.rows["train"][:5]][features].reset_index(drop=True)
         if self.target_kind == "classes":
             output = pd.DataFrame({"label": [spec.class_names[0]] * len(example),
                                    "probability": [1.0] * len(example)})
@@ -251,7 +280,8 @@ class TabularDataModule(BaseDataModule):
             output = pd.DataFrame({"prediction": [0.0] * len(example)})
         return ServingBundle(codec=codec,
                              artifacts={"preprocessor": str(folder / "preprocessor.joblib")},
-                             input_example=example, output_example=output)
+                             input_example=example, output_example=output,
+                             input_schema=any_columns(features))
 
     # -- Lightning ------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
@@ -275,6 +305,9 @@ class TabularCodec(Codec):
         self.target_mean = target_mean
         self.target_std = target_std
         self.preprocessor: Any = None
+        self.raw = pd.DataFrame()
+        self.rows: dict[str, np.ndarray] = {}
+        self.target = ""
 
     def load(self, artifacts: dict[str, str]) -> None:
         import joblib
@@ -282,13 +315,16 @@ class TabularCodec(Codec):
         self.preprocessor = joblib.load(artifacts["preprocessor"])
 
     def encode(self, frame: pd.DataFrame) -> tuple[list[Batch], Any]:
+        require_columns(frame, self.features, "the model's features")
         features = coerce_columns(frame.replace(NA_TOKENS, np.nan), self.numeric,
                                   self.categorical)[self.features]
         x = torch.as_tensor(self.preprocessor.transform(features), dtype=torch.float32)
         return [{"x": x}], None
 
-    def decode(self, outputs: torch.Tensor, keys: Any) -> pd.DataFrame:
+    def decode(self, outputs: torch.Tensor, keys: Any, params: dict[str, Any] | None
+               ) -> pd.DataFrame:
         if self.class_names:
-            return class_frame(outputs, self.class_names)
+            return class_frame(outputs, self.class_names,
+                               probabilities=probabilities_param(params))
         values = (outputs.reshape(-1) * self.target_std + self.target_mean).tolist()
         return pd.DataFrame({"prediction": [round(float(v), 6) for v in values]})

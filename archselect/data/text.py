@@ -21,6 +21,7 @@ from archselect.data.base import (
     BaseDataModule,
     DataSpec,
     ServingBundle,
+    as_read,
     class_balance,
     classes_line,
     datamodules,
@@ -31,7 +32,7 @@ from archselect.data.base import (
     stratified_split,
 )
 from archselect.hashing import stable_hash
-from archselect.serving import Batch, Codec
+from archselect.serving import Batch, Codec, first_present
 
 #: the column the served model reads when the training column's name is not given
 TEXT_COLUMN = "text"
@@ -151,6 +152,8 @@ class TextDataModule(BaseDataModule):
         self.labels: dict[str, np.ndarray] = {}
         self._encoded: Encoded | None = None
         self.batch_size = 32
+        self.raw = pd.DataFrame()
+        self.rows: dict[str, np.ndarray] = {}
 
     # -- loading and checking -----------------------------------------------------------
     def _frame(self) -> pd.DataFrame:
@@ -169,8 +172,9 @@ class TextDataModule(BaseDataModule):
             return self.spec
         frame = self._frame()
         text_col, target_col = self.cfg.text_column, self.cfg.target
+        self.raw = frame.reset_index(drop=True)  # the rows as the user gave them
         n_raw = len(frame)
-        frame = frame[[text_col, target_col]].dropna()
+        frame = self.raw[[text_col, target_col]].dropna()
         frame = frame[frame[text_col].astype(str).str.strip() != ""]
         dropped = n_raw - len(frame)
         if len(frame) == 0:
@@ -184,6 +188,7 @@ class TextDataModule(BaseDataModule):
             )
         labels = encode_labels(label_str, names)
         texts = frame[text_col].astype(str).tolist()
+        positions = frame.index.to_numpy()  # each kept row's place in the user's rows
 
         max_samples = self.cfg.max_samples
         if max_samples is not None:
@@ -205,12 +210,14 @@ class TextDataModule(BaseDataModule):
                 keep = np.sort(keep)
                 texts = [texts[i] for i in keep]
                 labels = labels[keep]
+                positions = positions[keep]
 
         split = stratified_split(labels, val_fraction=self.cfg.val_fraction,
                                  test_fraction=self.cfg.test_fraction, seed=self.seed)
         for name in SPLITS:
             self.texts[name] = [texts[i] for i in split[name]]
             self.labels[name] = labels[split[name]]
+            self.rows[name] = positions[split[name]]
 
         train_lengths = _text_lengths(self.texts["train"])
         vocab = {w for t in self.texts["train"] for w in t.lower().split()}
@@ -337,18 +344,30 @@ class TextDataModule(BaseDataModule):
             ("vocabulary", f"{prof['vocabulary_words']} distinct words in train"),
         ]
 
+    def raw_rows(self, split: str) -> pd.DataFrame:
+        """The user's own rows of a split (text and label columns), as pandas reads them."""
+        self.prepare()
+        columns = [self.cfg.text_column, self.cfg.target]
+        return as_read(self.raw[columns]).iloc[self.rows[split]].reset_index(drop=True)
+
     def serving_bundle(self, checkpoint: str, folder: Path) -> ServingBundle:
+        from mlflow.types.schema import ColSpec, Schema
+
         enc = self._encoded
         if enc is None:
             raise RuntimeError("serving_bundle() needs for_trial() first")
         names = self.prepare().class_names
-        codec = TextCodec(class_names=names, column=TEXT_COLUMN, max_len=enc.max_len,
+        column = self.cfg.text_column
+        codec = TextCodec(class_names=names, column=column, max_len=enc.max_len,
                           pad_id=enc.pad_id, wordpiece=enc.tokenizer_path.endswith(".json"))
-        examples = pd.DataFrame({TEXT_COLUMN: self.texts["test"][:3]})
+        examples = self.raw[[column]].iloc[self.rows["train"][:3]].reset_index(drop=True)
         output = pd.DataFrame({"label": [names[0]] * len(examples),
                                "probability": [1.0] * len(examples)})
+        # The training column's name, and ``text`` as well: either one holds the texts.
+        schema = Schema([ColSpec("string", c, required=False)
+                         for c in dict.fromkeys([column, TEXT_COLUMN])])
         return ServingBundle(codec=codec, artifacts={"tokenizer": enc.tokenizer_path},
-                             input_example=examples, output_example=output)
+                             input_example=examples, output_example=output, input_schema=schema)
 
     # -- Lightning ------------------------------------------------------------------------
     def use(self, encoded: Encoded, *, batch_size: int, num_workers: int = 0) -> TextDataModule:
@@ -373,7 +392,8 @@ class TextDataModule(BaseDataModule):
 
 
 class TextCodec(Codec):
-    """The served text classifier's side: a text column in (``column``, else the first), token
+    """The served text classifier's side: a text column in (the training's ``column``, or
+    ``text``, or the only column), token
     ids from the training tokenizer (artifact ``tokenizer``: a tokenizers JSON file or a Hugging
     Face tokenizer folder), padded batches of 64 out."""
 
@@ -404,8 +424,8 @@ class TextCodec(Codec):
         return [list(x) for x in raw]
 
     def encode(self, frame: pd.DataFrame) -> tuple[list[Batch], Any]:
-        column = self.column if self.column in frame.columns else frame.columns[0]
-        ids = self._ids([str(x) for x in frame[column].tolist()])
+        column = first_present(frame, [self.column, TEXT_COLUMN], "text")
+        ids = self._ids(["" if pd.isna(x) else str(x) for x in frame[column].tolist()])
         batches = []
         for i in range(0, len(ids), 64):
             rows = [(torch.tensor(x), torch.tensor(0)) for x in ids[i : i + 64]]

@@ -90,6 +90,36 @@ def regular_grid(times: pd.Series) -> tuple[pd.Index, str] | None:
     return None
 
 
+def next_times(last: Any, step: float | str, n: int) -> list[Any]:
+    """The ``n`` times after ``last`` on a grid of ``step`` (a number, or a pandas frequency)."""
+    if isinstance(step, str):
+        return list(pd.date_range(pd.Timestamp(last), periods=n + 1, freq=step)[1:])
+    return [float(last) + step * (k + 1) for k in range(n)]
+
+
+def full_grid(index: pd.Index, step: float | str) -> pd.Index | None:
+    """Every time from the first to the last of ``index`` on a grid of ``step``, when ``index``
+    lies on that grid (its gaps are then the grid's other times); else None."""
+    if len(index) == 0:
+        return None
+    if isinstance(step, str):
+        grid = pd.date_range(index[0], index[-1], freq=step)
+    else:
+        grid = pd.Index(np.arange(float(index[0]), float(index[-1]) + step / 2, step))
+    return grid if len(grid) and pd.Index(index).isin(grid).all() else None
+
+
+def grid_step(index: pd.Index) -> float | str | None:
+    """The step of a regular grid: a number, or a pandas frequency for dates; None when it has
+    fewer than three points or no steady step."""
+    if len(index) < 3:
+        return None
+    if isinstance(index, pd.DatetimeIndex):
+        return pd.infer_freq(index)
+    diffs = np.diff(index.to_numpy(dtype=np.float64))
+    return float(diffs[0]) if np.allclose(diffs, diffs[0]) else None
+
+
 def detect_season(values: np.ndarray, freq: str) -> int:
     """The season length: the strongest autocorrelation peak of the differenced series, else the
     usual one for the frequency, else 1 (no season)."""
