@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from archselect.config.compose import precheck
 from archselect.config.errors import ArchselectError
+from archselect.secrets import hide_secrets
 
 EXIT_USER_ERROR = 2
 
@@ -82,6 +83,8 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # Passwords in URLs go to environment variables before Hydra records the command line.
+    sys.argv[1:] = hide_secrets(sys.argv[1:])
     problem = precheck(sys.argv[1:])
     if problem:
         fail(problem)

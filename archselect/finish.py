@@ -97,6 +97,12 @@ def finish(best: TrialRecord, *, dm: BaseDataModule, hw: HardwareProfile, tracke
     tracker.set_tags(parent, {"archselect.best_arch": best.arch,
                               "archselect.best_trial": best.number,
                               "archselect.baseline": done.baseline_name})
+    metric = family_cls.test_metric or monitor.removeprefix("val_")
+    metric_direction = family_cls.test_direction or direction
+    worse = _worse_than_baseline(done, metric, metric_direction)
+    if worse:
+        tracker.set_tags(parent, {"archselect.warning": worse})
+        console.print(f"[bold yellow]Warning[/]: {worse}", soft_wrap=True)
     figures = {**family_cls.figures(preds, targets, spec), **dm.extra_figures(preds, targets)}
     for name, fig in figures.items():
         tracker.log_figure(fig, name)
@@ -111,23 +117,44 @@ def finish(best: TrialRecord, *, dm: BaseDataModule, hw: HardwareProfile, tracke
                                         params=params)
         if bundle.input_schema is not None:
             signature.inputs = bundle.input_schema
-        with console.status("Logging and registering the best model..."):
-            done.model_uri, done.model_version = tracker.log_model(
-                ServedModel(family_cls, bundle.codec),
-                artifacts={"checkpoint": best.checkpoint, **bundle.artifacts},
-                signature=signature, input_example=bundle.input_example,
-                code_paths=[str(Path(__file__).parent)], pip_requirements=pip_requirements(),
-                register_as=tracking.model_name if tracking.register else None,
-            )
+        # A rerun of a finished (or half-finished) study finds the version it registered.
+        found = (tracker.registered_version(tracking.model_name, parent, best.number)
+                 if tracking.register else None)
+        if found is not None:
+            done.model_version = found
+            done.model_uri = f"models:/{tracking.model_name}/{found}"
+            console.print(f"Model: version {found} of {tracking.model_name} already holds trial "
+                          f"{best.number} of this study; not registered again", soft_wrap=True)
+        else:
+            with console.status("Logging and registering the best model..."):
+                done.model_uri, done.model_version = tracker.log_model(
+                    ServedModel(family_cls, bundle.codec),
+                    artifacts={"checkpoint": best.checkpoint, **bundle.artifacts},
+                    signature=signature, input_example=bundle.input_example,
+                    code_paths=[str(Path(__file__).parent)], pip_requirements=pip_requirements(),
+                    register_as=tracking.model_name if tracking.register else None,
+                    trial=best.number,
+                )
     if done.model_version is not None:
-        metric = family_cls.test_metric or monitor.removeprefix("val_")
-        done.champion = _crown(tracker, tracking, done, metric,
-                               family_cls.test_direction or direction, spec.data_hash)
+        done.champion = _crown(tracker, tracking, done, metric, metric_direction, spec.data_hash)
         tracker.set_tags(parent, {"archselect.champion": done.champion})
         console.print(f"Champion: {done.champion}", soft_wrap=True)
     if export.onnx:
         done.onnx_uri = _export_onnx(module, dm, tracker, console, export.onnx_tolerance)
     return done
+
+
+def _worse_than_baseline(done: Finished, metric: str, direction: str) -> str | None:
+    """A line when the best model's test metric trails the baseline's, else None."""
+    value, base = done.test_metrics.get(metric), done.baseline_metrics.get(metric)
+    if value is None or base is None:
+        return None
+    worse = value < base if direction == "maximize" else value > base
+    if not worse:
+        return None
+    return (f"the best model's test {metric} {value:.4f} is worse than the {done.baseline_name}'s "
+            f"{base:.4f}; it is registered all the same: check the data (a target with little to "
+            "learn?) and the budgets (search.n_trials, search.max_epochs)")
 
 
 def _crown(tracker: Tracker, tracking: TrackingConfig, done: Finished, metric: str,

@@ -11,8 +11,8 @@ from rich.table import Table
 from archselect.data.base import DataSpec
 from archselect.hardware import HardwareProfile
 from archselect.search.trials import StudyOutcome, TrialRecord
+from archselect.secrets import mask_secrets
 from archselect.selector import Selection
-from archselect.tracking import mask_secrets
 
 
 def selection_dict(spec: DataSpec, hw: HardwareProfile, selection: Selection,

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import warnings
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ from archselect.config.schema import ArchselectConfig
 from archselect.config.validate import typed, validate
 from archselect.data.base import BaseDataModule, DataSpec, open_datamodule
 from archselect.hardware import HardwareProfile, package_versions, profile_hardware
+from archselect.locks import held
 from archselect.search.trials import StudyOutcome
+from archselect.secrets import mask_secrets
 from archselect.selector import Selection, continuous_target_rule, resolve_task, select
-from archselect.tracking import mask_secrets
+from archselect.signals import interrupt_on_signals
 
 
 @dataclass
@@ -127,8 +130,7 @@ def run(cfg: Any, console: Console | None = None, study_suffix: str = "") -> Run
         console = Console() if sys.stdout.isatty() else Console(width=140)
     conf = typed(cfg)
     prep = prepare(conf, console)
-    family_cls, dm, spec, hw, selection = (prep.family_cls, prep.dm, prep.spec, prep.hw,
-                                           prep.selection)
+    dm, spec, hw, selection = prep.dm, prep.spec, prep.hw, prep.selection
     task = selection.task
     if task.name != conf.task.name:
         # A rule switched the task: what is named after ${task.name} (study, experiment, model)
@@ -149,6 +151,27 @@ def run(cfg: Any, console: Console | None = None, study_suffix: str = "") -> Run
         result.dry_run = True
         return result
 
+    from mlflow.exceptions import MlflowException
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from archselect.search.storage import storage_error
+    from archselect.tracking import store_error
+
+    received: list[str] = []
+    try:
+        with interrupt_on_signals(received):  # SIGTERM / SIGHUP end it as cleanly as Ctrl-C
+            _study(cfg, conf, prep, result, study_name, sel_report, console)
+    except MlflowException as exc:  # the tracking store failed under the study
+        raise store_error(exc, conf.tracking.uri) from None
+    except (StorageInternalError, SQLAlchemyError) as exc:  # the study's store did
+        raise storage_error(exc, conf.search.storage) from None
+    return result
+
+
+def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, study_name: str,
+           sel_report: dict[str, Any], console: Console) -> None:
+    """The part that writes: open the stores, search, finish (test, register), report."""
     from archselect.finish import finish, log_optuna_plots
     from archselect.search import workers
     from archselect.search.objective import (
@@ -156,25 +179,34 @@ def run(cfg: Any, console: Console | None = None, study_suffix: str = "") -> Run
         SearchProgress,
         TrialSettings,
         checkpoint_folder,
+        study_key,
     )
     from archselect.search.storage import check_storage
     from archselect.search.study import open_study, run_search, sampler_and_pruner
     from archselect.search.trials import records
     from archselect.tracking import Tracker
 
+    family_cls, dm, spec, hw, selection = (prep.family_cls, prep.dm, prep.spec, prep.hw,
+                                           prep.selection)
+    task, search = selection.task, conf.search
+    runs_dir = Path(conf.runs_dir).expanduser()
     # Sampler, pruner and storage are checked, then the tracking store: a bad value in either
-    # must not leave an empty study or experiment behind.
+    # must not leave an empty study or experiment behind. Commands started at once in one folder
+    # take turns to create the stores and the study's parent run.
     sampler_and_pruner(search)
     check_storage(search.storage)
-    tracker = Tracker.open(conf.tracking)
-    study = open_study(search, study_name, selection, spec, tracker=tracker)
-    parent = tracker.start_study(study_name, {
-        "archselect.task": task.name, "archselect.data": str(conf.data.get("name")),
-        "archselect.data_hash": spec.data_hash,
-        "mlflow.note.content": f"archselect study {study_name}: {task.name} on "
-        f"{conf.data.get('name')}, candidates {', '.join(c.name for c in selection.candidates)}",
-    }, resume_run_id=study.user_attrs.get("mlflow_parent_run_id"))
-    study.set_user_attr("mlflow_parent_run_id", parent)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    with held(runs_dir):
+        tracker = Tracker.open(conf.tracking)
+        study = open_study(search, study_name, selection, spec, tracker=tracker)
+        parent = tracker.start_study(study_name, {
+            "archselect.task": task.name, "archselect.data": str(conf.data.get("name")),
+            "archselect.data_hash": spec.data_hash,
+            "mlflow.note.content": f"archselect study {study_name}: {task.name} on "
+            f"{conf.data.get('name')}, candidates "
+            f"{', '.join(c.name for c in selection.candidates)}",
+        }, resume_run_id=study.user_attrs.get("mlflow_parent_run_id"))
+        study.set_user_attr("mlflow_parent_run_id", parent)
     result.parent_run_id = parent
     status = "FAILED"
     try:
@@ -209,6 +241,11 @@ def run(cfg: Any, console: Console | None = None, study_suffix: str = "") -> Run
         tracker.log_text(report.leaderboard_html(rows, study_name, task.monitor),
                          "leaderboard/leaderboard.html")
         log_optuna_plots(tracker, study)
+        if outcome.stopped_by == "environment":
+            raise ArchselectError(
+                f"search: stopped by the machine, not by a trial: {outcome.last_failure}; that "
+                "trial is not counted; fix: free the disk or repair the store it names, then run "
+                "the same command again to resume")
         best = outcome.best
         if outcome.stopped_by == "search.max_failures":
             message = (f"search.max_failures: {search.max_failures} trials failed in a row "
@@ -224,21 +261,32 @@ def run(cfg: Any, console: Console | None = None, study_suffix: str = "") -> Run
                 f"{sum(r.state == 'PRUNED' for r in outcome.records)} pruned); the reasons are in "
                 "the leaderboard above; fix: check the data and budgets (search.max_epochs)"
             )
-        done = finish(best, dm=dm, hw=hw, tracker=tracker, console=console, family_cls=family_cls,
-                      monitor=task.monitor, direction=task.direction, tracking=conf.tracking,
-                      export=conf.export)
+        lock = runs_dir / "locks" / f"{study_key(study_name, search.storage)}.finish.lock"
+        with held(lock, wait=False) as mine:
+            if not mine:  # another command on this study is testing and registering it
+                console.print(f"Study {study_name} is being finished by another process; this "
+                              "one ran its trials and stops here.", soft_wrap=True)
+                status = "RUNNING"
+                return
+            done = finish(best, dm=dm, hw=hw, tracker=tracker, console=console,
+                          family_cls=family_cls, monitor=task.monitor, direction=task.direction,
+                          tracking=conf.tracking, export=conf.export)
         result.test_metrics, result.baseline_name = done.test_metrics, done.baseline_name
         result.baseline_metrics, result.model_uri = done.baseline_metrics, done.model_uri
         result.model_version, result.champion = done.model_version, done.champion
         result.onnx_uri = done.onnx_uri
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
-        tracker.end_study(status)
+        if status != "RUNNING":
+            with suppress(Exception):  # a store that failed cannot record the end either
+                tracker.end_study(status)
     console.print(report.summary_line(outcome, best, result.test_metrics, conf.tracking.model_name,
                                       result.model_version, result.model_uri, conf.tracking.uri,
                                       conf.tracking.experiment),
                   soft_wrap=True)  # one line, so the command can be copied
-    return result
 
 
 def _log_dataset(tracker: Any, data: dict[str, Any], spec: DataSpec) -> None:

@@ -5,31 +5,25 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from mlflow.exceptions import MlflowException
 
-from archselect.config.errors import ArchselectError, ConfigError
+from archselect.config.errors import ArchselectError, ConfigError, store_failure
 from archselect.config.schema import TrackingConfig
+from archselect.secrets import mask_secrets
 
+RUN_TAG = "archselect.run"
 STATE_TAG = "archselect.state"
 STUDY_TAG = "archselect.study"
 TRIAL_TAG = "archselect.trial"
 REASON_TAG = "archselect.fail_reason"
 DATA_HASH_TAG = "archselect.data_hash"
 TEST_METRIC_TAG = "archselect.test_metric"
-
-_SECRET = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@\s]+)@")
-
-
-def mask_secrets(text: str) -> str:
-    """Hide the password of any ``scheme://user:password@host`` URL in ``text``."""
-    return _SECRET.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-
 
 def trial_description(study_name: str, number: int, arch: str, params: dict[str, Any]) -> str:
     """The child run's description: what this trial tried (markdown, shown by the MLflow UI)."""
@@ -61,41 +55,53 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         _quiet()
-
-        if uri.startswith("sqlite:///"):
-            try:
-                Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True,
-                                                                               exist_ok=True)
-            except OSError as exc:
-                raise ConfigError("tracking.uri", f"its folder cannot be created ({exc.strerror})",
-                                  given=mask_secrets(uri),
-                                  fix="point it into a writable folder") from None
+        database = _check_store(uri)
+        created = database is not None and not database.exists()
         self.uri = uri
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(tracking_uri=uri)
         try:
-            exp = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = self._experiment(experiment, artifact_location)
+            # A store that can be read but not written (read-only, full) fails here, before the
+            # search, rather than in its first trial.
+            self.client.set_experiment_tag(self.experiment_id, "archselect.opened",
+                                           time.strftime("%Y-%m-%d %H:%M:%S"))
+        except ConfigError:
+            raise
         except Exception as exc:
-            raise ConfigError("tracking.uri", f"cannot reach the tracking store "
-                              f"({type(exc).__name__})", given=mask_secrets(uri),
-                              fix="check the URI and that the server is running") from None
-        if exp is None:
-            location = None
-            if not uri.startswith(("http://", "https://", "databricks")):
-                # Local stores keep artifacts beside them; a server uses its own artifact store.
-                folder = Path(artifact_location).expanduser().resolve()
-                folder.mkdir(parents=True, exist_ok=True)
-                location = folder.as_uri()
-            self.experiment_id = self.client.create_experiment(experiment,
-                                                               artifact_location=location)
-        else:
-            if exp.lifecycle_stage == "deleted":
-                self.client.restore_experiment(exp.experiment_id)
-            self.experiment_id = exp.experiment_id
+            if created and database is not None and database.is_file() and (
+                    database.stat().st_size == 0):
+                database.unlink()  # nothing half-made is left behind
+            raise store_error(exc, uri) from None
         self.experiment = experiment
         self.parent_id: str | None = None
         self.system_metrics_interval = system_metrics_interval
         self._monitors: dict[str, Any] = {}
+
+    def _experiment(self, name: str, artifact_location: str) -> str:
+        """The experiment's id, created with its artifact folder when new; refused when it keeps
+        its artifacts somewhere else than this config says (a copied runs folder)."""
+        local = not self.uri.startswith(("http://", "https://", "databricks"))
+        folder = Path(artifact_location).expanduser().resolve()
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            location = None
+            if local:  # local stores keep artifacts beside them; a server uses its own store
+                folder.mkdir(parents=True, exist_ok=True)
+                location = folder.as_uri()
+            return str(self.client.create_experiment(name, artifact_location=location))
+        if exp.lifecycle_stage == "deleted":
+            self.client.restore_experiment(exp.experiment_id)
+        kept = str(exp.artifact_location)
+        if local and kept.startswith("file://") and Path(kept.removeprefix("file://")) != folder:
+            raise ConfigError(
+                "tracking.artifact_location", f"experiment {name!r} of this store keeps its "
+                f"artifacts in {kept.removeprefix('file://')}, not in {folder} (a copied or moved "
+                "runs folder?); a study would write its models there",
+                fix=f"set tracking.artifact_location={kept.removeprefix('file://')} to use them, "
+                "or tracking.experiment=<a new name> to start an experiment whose artifacts live "
+                "here")
+        return str(exp.experiment_id)
 
     @classmethod
     def open(cls, tracking: TrackingConfig) -> Tracker:
@@ -227,8 +233,9 @@ class Tracker:
     # -- model ----------------------------------------------------------------------------
     def log_model(self, python_model: Any, *, artifacts: dict[str, str], signature: Any,
                   input_example: Any, code_paths: list[str], pip_requirements: list[str],
-                  register_as: str | None) -> tuple[str, int | None]:
-        """Log the best model as a pyfunc under the parent run and register it.
+                  register_as: str | None, trial: int) -> tuple[str, int | None]:
+        """Log the best model (trial ``trial`` of the study) as a pyfunc under the parent run and
+        register it.
 
         Returns:
             (model URI, registered version or None).
@@ -247,14 +254,31 @@ class Tracker:
                 )
                 version = None
                 if register_as:
-                    mv = mlflow.register_model(info.model_uri, register_as)
+                    # Tagged as it is created: a rerun finds it (registered_version).
+                    mv = mlflow.register_model(info.model_uri, register_as, tags={
+                        RUN_TAG: self.parent_id, TRIAL_TAG: str(trial)})
                     version = int(mv.version)
-                    self.client.set_model_version_tag(register_as, mv.version, "archselect.run",
-                                                      self.parent_id)
-        except OSError as exc:
-            raise ArchselectError(f"tracking: cannot write the model ({exc})") from None
+        except (OSError, MlflowException) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ArchselectError(f"tracking: cannot write the model ({type(exc).__name__}: "
+                                  f"{mask_secrets(first)}); fix: free the disk or repair the "
+                                  "store, then run the same command again") from None
         self.client.update_run(self.parent_id, status="RUNNING")
         return str(info.model_uri), version
+
+    def registered_version(self, model_name: str, run_id: str, trial: int) -> int | None:
+        """The version of ``model_name`` already registered for this trial of this study's parent
+        run, if any (a rerun of a finished or interrupted study finds it)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            versions = self.client.search_model_versions(f"name = '{model_name}'")
+        except MlflowException:
+            return None
+        mine = [int(v.version) for v in versions if v.run_id == run_id
+                and v.tags.get(TRIAL_TAG) == str(trial)
+                and v.tags.get(RUN_TAG, run_id) == run_id]
+        return max(mine) if mine else None
 
     def log_onnx(self, path: Path, *, input_example: dict[str, Any], signature: Any,
                  pip_requirements: list[str]) -> str:
@@ -276,6 +300,22 @@ class Tracker:
         return str(info.model_uri)
 
 
+    def _missing_artifacts(self, model_name: str, version: Any) -> str | None:
+        """Where a local model version's files should be, when they are gone (else None)."""
+        from urllib.parse import unquote, urlparse
+
+        try:
+            uri = str(self.client.get_model_version_download_uri(model_name, str(version)))
+        except MlflowException:
+            return None
+        if uri.startswith("file:"):
+            path = Path(unquote(urlparse(uri).path))
+        elif "://" not in uri:
+            path = Path(uri)
+        else:
+            return None  # a server's artifacts: not ours to look at
+        return None if path.exists() else str(path)
+
     def update_champion(self, model_name: str, version: int, *, alias: str, metric: str,
                         value: float, direction: str, data_hash: str) -> str:
         """Tag a new model version with its test score and split, and move ``alias`` to it when
@@ -294,8 +334,14 @@ class Tracker:
         except MlflowException:  # no version holds the alias yet
             current = None
         here = f"{model_name}@{alias}"
+        gone = None if current is None else self._missing_artifacts(model_name, current.version)
         if current is None:
             decision = f"{here} -> version {version} (the first {alias}; test {metric} {value:.4f})"
+        elif int(current.version) == version:
+            decision = f"{here} is version {version} (test {metric} {value:.4f})"
+        elif gone:
+            decision = (f"{here} -> version {version} (test {metric} {value:.4f}): version "
+                        f"{current.version} no longer loads, its files at {gone} are gone")
         else:
             old_hash = current.tags.get(DATA_HASH_TAG)
             old = current.tags.get(f"archselect.test_{metric}")
@@ -312,6 +358,61 @@ class Tracker:
                         f"version {current.version}'s {float(old):.4f} on the same split)")
         self.client.set_registered_model_alias(model_name, alias, str(version))
         return decision
+
+
+def _check_store(uri: str) -> Path | None:
+    """A local SQLite store's file (made ready for MLflow), or None for another store; a file that
+    is not an MLflow store or a server that does not answer is refused in one line first."""
+    if uri.startswith(("http://", "https://")):
+        import base64
+        import urllib.error
+        import urllib.request
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(uri)
+        # urllib takes no user:password in the URL: they go in a Basic authorization header
+        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        request = urllib.request.Request(bare.rstrip("/") + "/health")
+        if parts.username is not None:
+            token = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            request.add_header("Authorization",
+                               "Basic " + base64.b64encode(token.encode()).decode())
+        try:  # fast, before MLflow's client retries for minutes
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+        except urllib.error.HTTPError as exc:  # it answers
+            if exc.code in (401, 403):
+                raise ConfigError("tracking.uri", f"the tracking server refuses these credentials "
+                                  f"(HTTP {exc.code})", given=mask_secrets(uri),
+                                  fix="check the user and password in the URI") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError("tracking.uri", f"the tracking server does not answer ({reason})",
+                              given=mask_secrets(uri),
+                              fix="start the server (mlflow server ...) or check the URI") from None
+        return None
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri.removeprefix("sqlite:///")).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("tracking.uri", f"its folder cannot be created ({exc.strerror})",
+                          given=mask_secrets(uri), fix="point it into a writable folder") from None
+    if path.is_file() and path.stat().st_size > 0:
+        with path.open("rb") as fh:
+            header = fh.read(16)
+        if header != b"SQLite format 3\x00":
+            raise ConfigError("tracking.uri", f"{path} is not an MLflow store (not a SQLite "
+                              "database: corrupt, or another file)", given=mask_secrets(uri),
+                              fix="move the file away, or point tracking.uri at another file")
+    return path
+
+
+def store_error(exc: BaseException, uri: str) -> ConfigError:
+    """A tracking-store failure as one line naming ``tracking.uri``."""
+    return store_failure("tracking.uri", "cannot use the tracking store", exc, uri,
+                         "check that the store is reachable, writable and not full")
 
 
 def measure_latency(module: pl.LightningModule, inputs: dict[str, Any], repeats: int = 5

@@ -9,7 +9,10 @@ started it finishes the study.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+import time
 from dataclasses import replace
 
 from omegaconf import OmegaConf
@@ -21,7 +24,7 @@ from archselect.config.validate import typed
 from archselect.run import prepare
 from archselect.search.objective import Objective, SearchProgress, TrialSettings, checkpoint_folder
 from archselect.search.study import open_study, run_search
-from archselect.search.workers import STUDY_ENV, WORKER_ENV, share_threads
+from archselect.search.workers import PARENT_ENV, STUDY_ENV, WORKER_ENV, share_threads
 from archselect.tracking import Tracker
 
 
@@ -50,8 +53,24 @@ def work(config_yaml: str, index: int, study_name: str) -> int:
     return 130 if outcome.interrupted else 0
 
 
+def exit_with_parent(interval: float = 2.0) -> None:
+    """A worker whose command is gone (killed with SIGKILL, a lost terminal) stops its running
+    trial as a signal would, and exits, instead of training on unseen. The command's process id
+    comes in ``ARCHSELECT_PARENT`` (it may be gone before this module has imported), else it is
+    the process that started this one."""
+    parent = int(os.environ.get(PARENT_ENV) or os.getppid())
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="archselect-parent-watch", daemon=True).start()
+
+
 def main() -> None:
     """Read the config from stdin, share the threads the parent chose, run, exit."""
+    exit_with_parent()
     index = int(os.environ.get(WORKER_ENV, "1"))
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:

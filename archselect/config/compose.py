@@ -7,11 +7,12 @@ heavy imports of a run), so a misspelt key costs a composition, not a start of t
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
 from hydra import compose, initialize_config_module
-from hydra.errors import MissingConfigException
+from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from archselect.config import schema as _schema  # noqa: F401  (registers the schema)
@@ -27,9 +28,30 @@ def compose_config(overrides: list[str]) -> Any:
 
 
 @cache
-def _base() -> Any:
-    """The config with no overrides (for the keys and the table an error message lists)."""
-    return compose_config([])
+def _base(choices: tuple[str, ...] = ()) -> Any:
+    """The config with only the user's group ``choices`` (``task=...``, ``data=...``): the keys
+    and the table an error message lists are those of the task and data the user chose."""
+    return compose_config(list(choices))
+
+
+@cache
+def _groups() -> frozenset[str]:
+    """The config groups: the folders of ``conf/`` (``task``, ``data``, ``search``, ...)."""
+    from importlib.resources import files
+
+    return frozenset(p.name for p in files(CONFIG_MODULE).iterdir()
+                     if p.is_dir() and not p.name.startswith("_"))
+
+
+def group_choices(overrides: list[str]) -> tuple[str, ...]:
+    """The overrides that choose a group's option (no '.' in the key: ``task=tabular_...``,
+    ``data=csv``, ``+search/sampler=tpe``), in their order."""
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if "=" in o and "." not in key and key.split("/", 1)[0] in _groups():
+            out.append(o)
+    return tuple(out)
 
 
 def user_overrides(argv: list[str]) -> list[str] | None:
@@ -49,7 +71,7 @@ def user_overrides(argv: list[str]) -> list[str] | None:
     try:
         parsed = OverridesParser.create().parse_overrides(args)
     except Exception:
-        return None  # a syntax Hydra itself will explain
+        return args  # composing fails on the same syntax, and precheck describes it
     out = []
     for o in parsed:
         if o.is_sweep_override():
@@ -62,6 +84,8 @@ def user_overrides(argv: list[str]) -> list[str] | None:
 
 def describe_compose_error(exc: BaseException, overrides: list[str]) -> str:
     """Turn a Hydra composition error into one actionable line."""
+    if isinstance(exc, OverrideParseException):
+        return _describe_parse_error(exc, overrides)
     if isinstance(exc, MissingConfigException):
         missing = str(getattr(exc, "missing_cfg_file", "") or "")
         if "/" in missing:
@@ -78,7 +102,7 @@ def describe_compose_error(exc: BaseException, overrides: list[str]) -> str:
     full_key = str(getattr(cause, "full_key", "") or "")
     if isinstance(cause, ConfigAttributeError | ConfigKeyError):
         parent, _, leaf = full_key.rpartition(".")
-        known = _known_keys(parent)
+        known = _known_keys(parent, group_choices(overrides))
         hint = suggest(leaf, known) if known else None
         allowed = f"one of: {', '.join(sorted(known))}" if known else "a key of the schema"
         text = f"{full_key}: unknown key; expected {allowed}"
@@ -93,14 +117,59 @@ def describe_compose_error(exc: BaseException, overrides: list[str]) -> str:
                            "every key and its value)"))
 
 
-def _known_keys(parent: str) -> list[str]:
-    try:
-        node = _base()
-        for part in filter(None, parent.split(".")):
-            node = node[part]
-        return [str(k) for k in node]
-    except Exception:
-        return []
+def _describe_parse_error(exc: OverrideParseException, overrides: list[str]) -> str:
+    """An override Hydra's lexer refuses (a non-ASCII letter, a stray quote or bracket): name it
+    and show the quoted form, which parses."""
+    line = str(exc.override or "").strip()
+    if not line:  # not told which one: the first that does not parse by itself
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parser = OverridesParser.create()
+        for o in overrides:
+            try:
+                parser.parse_overrides([o])
+            except Exception:
+                line = o
+                break
+    key, sep, value = line.partition("=")
+    key = key.strip() or "override"
+    if not sep:
+        return str(ConfigError(key.lstrip("+~"), "cannot parse the override", given=line,
+                               fix="write it as key=value"))
+    value = _unquoted(value.strip())
+    # Hydra's quotes around the value, then the shell's around the whole override
+    escaped = value.replace("'", "\\'")
+    hydra_form = f'{key}="{value}"' if '"' not in value else f"{key}='{escaped}'"
+    shell_escaped = re.sub(r'([\\"$`])', r"\\\1", hydra_form)
+    example = f"'{hydra_form}'" if "'" not in hydra_form else f'"{shell_escaped}"'
+    reason = ("a character outside ASCII must be inside quotes"
+              if not value.isascii() else "Hydra's override grammar refuses it")
+    return str(ConfigError(key.lstrip("+~"), f"cannot parse the override ({reason})", given=line,
+                           fix=f"quote the value, e.g. {example}"))
+
+
+def _unquoted(value: str) -> str:
+    """``value`` without the quotes around it, or a lone quote at either end."""
+    for q in "\"'":
+        if len(value) >= 2 and value[0] == value[-1] == q:
+            return value[1:-1]
+        if value.count(q) == 1 and (value.startswith(q) or value.endswith(q)):
+            return value.replace(q, "")
+    return value
+
+
+def _known_keys(parent: str, choices: tuple[str, ...] = ()) -> list[str]:
+    """The keys under ``parent`` in the config composed with the user's group ``choices`` (the
+    config with no overrides if those do not compose by themselves)."""
+    for attempt in dict.fromkeys((choices, ())):
+        try:
+            node = _base(attempt)
+            for part in filter(None, parent.split(".")):
+                node = node[part]
+            return [str(k) for k in node]
+        except Exception:
+            continue
+    return []
 
 
 def _unavailable_task(overrides: list[str]) -> str | None:

@@ -48,6 +48,16 @@ class ConfigError(ArchselectError):
         super().__init__("; ".join(parts))
 
 
+def store_failure(key: str, what: str, exc: BaseException, url: str, fix: str) -> ConfigError:
+    """A store's failure (``exc``) as one line naming the config ``key`` of the store at ``url``:
+    the exception's first line, passwords masked."""
+    from archselect.secrets import mask_secrets
+
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return ConfigError(key, f"{what} ({type(exc).__name__}: {mask_secrets(first)})",
+                       given=mask_secrets(url), fix=fix)
+
+
 class DataError(ArchselectError):
     """Data that cannot be used as given (missing file, missing column, one class, ...)."""
 

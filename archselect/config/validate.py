@@ -85,6 +85,55 @@ def check_numbers(cfg: ArchselectConfig) -> None:
                           given=cfg.export.onnx_tolerance, fix="e.g. 1e-4")
 
 
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed_everything's bound (uint32)
+
+
+def check_seed(cfg: ArchselectConfig) -> None:
+    """Each trial seeds with ``seed + trial number`` (and worker ``i``'s sampler with ``seed + i``):
+    all of them must stay within 0..2**32-1, which Lightning's ``seed_everything`` enforces only
+    once a trial starts."""
+    high = SEED_MAX - max(cfg.search.n_trials, cfg.search.n_workers)
+    if not 0 <= cfg.seed <= high:
+        # (no '-' in the problem: the line shows a negative given only if the problem lacks it)
+        raise ConfigError("seed", f"must lie in 0..{high} (each trial seeds with seed + its "
+                          "number, which must stay below 2**32)", given=cfg.seed,
+                          fix="e.g. seed=42")
+
+
+def check_tracking(cfg: ArchselectConfig) -> None:
+    """The registered model's name and its champion alias, by MLflow's own rules (checked by the
+    registry only when the search is over). Not checked when nothing is registered."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import (
+        _validate_model_alias_name,
+        _validate_model_alias_name_reserved,
+    )
+
+    try:  # the file registry's rule is the strictest (no '%', no path separator)
+        from mlflow.store.model_registry.file_store import _validate_model_name
+    except ImportError:  # pragma: no cover - an MLflow without the file store
+        from mlflow.utils.validation import _validate_model_name
+
+    t = cfg.tracking
+    if not t.register:
+        return
+    checks: list[tuple[str, str, Any, str]] = [
+        ("tracking.model_name", t.model_name, _validate_model_name,
+         "a name without '/', ':' or '%', e.g. tracking.model_name=my-model"),
+        ("tracking.champion_alias", t.champion_alias,
+         lambda a: (_validate_model_alias_name(a), _validate_model_alias_name_reserved(a)),
+         "use letters, digits, '_' or '-', not 'latest' nor v<digits>, "
+         "e.g. tracking.champion_alias=champion"),
+    ]
+    for key, value, rule, fix in checks:
+        try:
+            rule(value)
+        except MlflowException as exc:
+            problem = " ".join(str(exc.message).split()).rstrip(".")
+            raise ConfigError(key, f"refused by MLflow's registry: {problem}", given=value,
+                              fix=fix) from None
+
+
 def check_runs_dir(runs_dir: str) -> Path:
     """The runs folder must exist or be creatable, and be writable."""
     path = Path(runs_dir).expanduser()
@@ -109,3 +158,5 @@ def validate(cfg: ArchselectConfig) -> None:
     """Every check of the sections other than ``data`` that writes nothing."""
     check_runs_dir(cfg.runs_dir)
     check_numbers(cfg)
+    check_seed(cfg)
+    check_tracking(cfg)

@@ -269,6 +269,50 @@ def numeric_column(frame: pd.DataFrame, column: str, key: str) -> np.ndarray:
     return values.to_numpy(dtype=np.float64)
 
 
+#: the largest magnitude a value standardised in float64 may have: its square is summed, and past
+#: ~1e154 the standard deviation overflows (scikit-learn's scaler then yields NaN or scale 1)
+FLOAT64_LIMIT = 1e150
+#: the largest magnitude of a value held or scored in float32 (targets, metrics, sequences): the
+#: summed squared errors overflow past ~1e19, so every trial would score inf or NaN
+FLOAT32_LIMIT = 1e15
+
+
+def empty_cells(values: pd.Series) -> pd.Series:
+    """True where a label or text cell holds nothing: None / NaN, or text that is empty or blank.
+
+    Labels are never guessed missing from their spelling: "NA", "None", "null", "?" are classes.
+    """
+    blank = values.map(lambda v: isinstance(v, str) and not v.strip(), na_action="ignore")
+    return values.isna() | blank.fillna(False).astype(bool)
+
+
+def check_finite(values: pd.Series, key: str, fix: str, *, limit: float = FLOAT64_LIMIT) -> None:
+    """Refuse an infinite number, or one past ``limit`` in magnitude, naming the column and the
+    first such row of the file (the series' index is the data row: its number + 2, the header
+    being line 1). Missing values (NaN) pass: the caller imputes, fills or refuses them.
+
+    Args:
+        values: a numeric column as float64, indexed by data row.
+        key: the config key the message starts with (``data``, ``data.target``, ...).
+        fix: what to do with an infinite value (the kind imputes, fills or drops it).
+        limit: the largest magnitude allowed (see ``FLOAT64_LIMIT`` and ``FLOAT32_LIMIT``).
+    """
+    numbers = values.to_numpy(dtype=np.float64)
+    inf = np.isinf(numbers)
+    if inf.any():
+        row = int(values.index[int(np.flatnonzero(inf)[0])]) + 2
+        raise DataError(f"{key}: column {str(values.name)!r} holds an infinite value (row {row}); "
+                        f"fix: {fix}")
+    with np.errstate(invalid="ignore"):
+        huge = np.abs(numbers) > limit
+    if huge.any():
+        i = int(np.flatnonzero(huge)[0])
+        raise DataError(f"{key}: column {str(values.name)!r} holds {numbers[i]:.3g} (row "
+                        f"{int(values.index[i]) + 2}), too large to train on (over {limit:.0e} in "
+                        "magnitude); fix: rescale the column (other units, or a logarithm) or "
+                        "drop the row")
+
+
 def as_read(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` as ``pandas.read_csv`` gives it to a user who saved it as a CSV file: its
     default dtypes (whole numbers as int64, numbers beside a gap as float64, text as text) and

@@ -53,7 +53,9 @@ class ImageDataModule(BaseDataModule):
     def prepare(self) -> DataSpec:
         if self.spec is not None:
             return self.spec
-        images, label_str, bad = self.load_frame()
+        # unreadable files and (from a folder) entries skipped as not images, both profiled
+        images, label_str, bad, *rest = self.load_frame()
+        skipped: list[str] = rest[0] if rest else []
         names = sorted(set(label_str), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
         if len(names) < 2:
             raise DataError(f"data: only one class ({names[0]!r}); classification needs at least 2")
@@ -81,7 +83,8 @@ class ImageDataModule(BaseDataModule):
             "splits": {s: len(self.labels[s]) for s in SPLITS},
             "image_shape": [c, h, w], "classes": len(names),
             "balance": class_balance(labels, names), "unreadable": bad[:20],
-            "unreadable_count": len(bad), "mean": self.mean, "std": self.std,
+            "unreadable_count": len(bad), "not_images": skipped[:20],
+            "not_images_count": len(skipped), "mean": self.mean, "std": self.std,
         }
         self.spec = DataSpec(
             kind="image", num_classes=len(names), class_names=names, n_features=c * h * w,
@@ -122,6 +125,9 @@ class ImageDataModule(BaseDataModule):
         if prof["unreadable_count"]:
             lines.append(("unreadable", f"{prof['unreadable_count']} skipped, e.g. "
                           + ", ".join(prof["unreadable"][:3])))
+        if prof.get("not_images_count"):
+            lines.append(("not images", f"{prof['not_images_count']} skipped (not image "
+                          "files), e.g. " + ", ".join(prof["not_images"][:3])))
         return lines
 
     def serving_bundle(self, checkpoint: str, folder: Path) -> ServingBundle:

@@ -16,16 +16,19 @@ from torch.utils.data import DataLoader, TensorDataset
 from archselect.config.errors import ConfigError, DataError
 from archselect.config.schema import SequenceDataConfig, SourceConfig
 from archselect.data.base import (
+    FLOAT32_LIMIT,
     SPLITS,
     BaseDataModule,
     DataSpec,
     ServingBundle,
     any_columns,
     as_read,
+    check_finite,
     check_fractions,
     class_balance,
     classes_line,
     datamodules,
+    empty_cells,
     encode_labels,
     no_rows,
     numeric_column,
@@ -111,7 +114,13 @@ class SequenceDataModule(BaseDataModule):
         self.channels = [c for c in frame.columns if c not in (id_col, time_col, target, "split")]
         if not self.channels:
             raise DataError("data: no value columns besides the id, time and label columns")
-        values = pd.DataFrame({c: numeric_column(frame, c, "data") for c in self.channels})
+        values = pd.DataFrame({c: numeric_column(frame, c, "data") for c in self.channels},
+                              index=frame.index)
+        for c in self.channels:  # series are held and standardised in float32
+            check_finite(values[c], "data", "replace it with an empty cell and set "
+                         "data.fill_missing=interpolate (or ffill), or drop the row",
+                         limit=FLOAT32_LIMIT)
+        values = values.reset_index(drop=True)
         values[target] = frame[target].astype(str).to_numpy()
         values["_id"] = frame[id_col].astype(str).to_numpy()
         values["_split"] = frame["split"].to_numpy() if "split" in frame.columns else ""
@@ -119,8 +128,10 @@ class SequenceDataModule(BaseDataModule):
             values["_t"] = parse_times(frame[time_col], None, time_col).to_numpy()
         else:
             values["_t"] = np.arange(len(values))
-        if frame[target].isna().any():
-            raise DataError(f"data.target: column {target!r} has empty labels; fix: label every row")
+        empty = empty_cells(frame[target])  # only empty cells: "NA" or "None" is a class
+        if empty.any():
+            raise DataError(f"data.target: column {target!r} has empty labels (first in row "
+                            f"{int(np.flatnonzero(empty.to_numpy())[0]) + 2}); fix: label every row")
         series, labels, splits, lengths = [], [], [], []
         filled_total = 0
         for sid, group in values.groupby("_id", sort=False):

@@ -21,12 +21,15 @@ from torch.utils.data import DataLoader, Dataset
 from archselect.config.errors import ConfigError, DataError
 from archselect.config.schema import SeriesDataConfig, SourceConfig
 from archselect.data.base import (
+    FLOAT32_LIMIT,
+    FLOAT64_LIMIT,
     SPLITS,
     BaseDataModule,
     DataSpec,
     ServingBundle,
     any_columns,
     as_read,
+    check_finite,
     check_fractions,
     datamodules,
     no_rows,
@@ -160,7 +163,14 @@ class SeriesDataModule(BaseDataModule):
                                   fix="the target is always an input; list only the other columns")
         self.columns = [target, *covariates]
         table = pd.DataFrame({c: numeric_column(frame, c, "data.target" if c == target else
-                                          "data.covariates") for c in self.columns})
+                                          "data.covariates") for c in self.columns},
+                             index=frame.index)
+        for c in self.columns:  # the target is scored in float32; covariates are only scaled
+            check_finite(table[c], "data.target" if c == target else "data.covariates",
+                         "replace it with an empty cell and set data.fill_missing=interpolate "
+                         "(or ffill), or drop the row",
+                         limit=FLOAT32_LIMIT if c == target else FLOAT64_LIMIT)
+        table = table.reset_index(drop=True)
         notes: list[str] = []
         freq = "row order"
         if time_col is None:

@@ -16,16 +16,19 @@ from torch.utils.data import DataLoader, TensorDataset
 from archselect.config.errors import ConfigError, ContinuousTarget, DataError
 from archselect.config.schema import LabelledDataConfig, SourceConfig
 from archselect.data.base import (
+    FLOAT32_LIMIT,
     SPLITS,
     BaseDataModule,
     DataSpec,
     ServingBundle,
     any_columns,
     as_read,
+    check_finite,
     check_fractions,
     class_balance,
     classes_line,
     datamodules,
+    empty_cells,
     encode_labels,
     no_rows,
     require_column,
@@ -79,6 +82,25 @@ def _looks_continuous(column: pd.Series) -> bool:
     return distinct > 20 and (fractional or distinct > len(values) // 10)
 
 
+def _check_continuous(column: pd.Series, target: str) -> None:
+    """A regression target: numbers in every kept row (the index is the user's row), finite, small
+    enough for the float32 metrics, and not one value throughout."""
+    values = pd.to_numeric(column, errors="coerce")
+    bad = column[values.isna()]
+    if len(bad):
+        raise DataError(f"data.target: column {target!r} holds {bad.iloc[0]!r} (row "
+                        f"{int(bad.index[0]) + 2}), which is not a number; regression needs "
+                        "numbers; fix: leave the cells of rows without a target empty (they are "
+                        "dropped), or use task=tabular_classification for classes")
+    values = values.astype("float64")
+    check_finite(values, "data.target", "replace it with an empty cell (the row is dropped) or "
+                 "drop the row", limit=FLOAT32_LIMIT)
+    if values.nunique() == 1:
+        raise DataError(f"data.target: column {target!r} holds one value ({float(values.iloc[0])})"
+                        " in every row; nothing to learn; fix: choose another data.target, or add "
+                        "rows whose target differs")
+
+
 def _is_numeric(column: pd.Series) -> bool:
     values = column.dropna()
     if values.empty:
@@ -124,16 +146,24 @@ class TabularDataModule(BaseDataModule):
         no_rows(frame)
         target = require_column(frame, "data.target", self.cfg.target)
         self.raw = frame.reset_index(drop=True)  # the rows as the user gave them
-        frame = self.raw.replace(NA_TOKENS, np.nan)
-        n_raw = len(frame)
-        frame = frame[frame[target].notna()]
-        features = [c for c in frame.columns if c != target]
+        features = [c for c in self.raw.columns if c != target]
         if not features:
             raise DataError("data: the table has no feature columns besides the target")
+        frame = self.raw.copy()
+        # NA tokens are missing in features only: a class may be called "NA", "None" or "?"
+        frame[features] = frame[features].replace(NA_TOKENS, np.nan)
+        n_raw = len(frame)
+        frame = frame[~empty_cells(frame[target])]
+        dropped = n_raw - len(frame)  # counted before any sample is drawn
         self.numeric = [c for c in features if _is_numeric(frame[c])]
         self.categorical = [c for c in features if c not in self.numeric]
         # float64 numbers: a served row may carry a missing value or a fraction
         frame[features] = coerce_columns(frame, self.numeric, self.categorical)[features]
+        for c in self.numeric:  # the index is the user's row: named in the message
+            check_finite(frame[c], "data", "replace it with an empty cell (missing values are "
+                         "imputed) or drop the row")
+        if self.target_kind == "continuous":
+            _check_continuous(frame[target], target)
 
         names: list[str] = []
         if self.target_kind == "classes" and _looks_continuous(frame[target]):
@@ -157,10 +187,6 @@ class TabularDataModule(BaseDataModule):
                                      test_fraction=self.cfg.test_fraction, seed=self.seed)
         else:
             y = pd.to_numeric(frame[target], errors="coerce").to_numpy(dtype=np.float64)
-            if np.isnan(y).any():
-                bad = frame[target][np.isnan(y)].iloc[0]
-                raise DataError(f"data.target: column {target!r} is not numeric (e.g. {bad!r}); "
-                                "regression needs numbers; fix: use task=tabular_classification")
             check_fractions(self.cfg.val_fraction, self.cfg.test_fraction)
             idx = np.arange(len(y))
             rest, test = train_test_split(idx, test_size=self.cfg.test_fraction,
@@ -188,7 +214,7 @@ class TabularDataModule(BaseDataModule):
         std = float(self.y["train"].std() or 1.0) if self.target_kind == "continuous" else 1.0
         missing = float(frame[features].isna().to_numpy().mean())
         profile: dict[str, Any] = {
-            "source": self.cfg.name, "samples": len(frame), "dropped_rows": n_raw - len(frame),
+            "source": self.cfg.name, "samples": len(frame), "dropped_rows": dropped,
             "splits": {s: len(self.y[s]) for s in SPLITS},
             "features": {"numeric": len(self.numeric), "categorical": len(self.categorical),
                          "encoded_width": int(self.x["train"].shape[1])},

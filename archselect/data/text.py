@@ -25,6 +25,7 @@ from archselect.data.base import (
     class_balance,
     classes_line,
     datamodules,
+    empty_cells,
     encode_labels,
     no_rows,
     require_column,
@@ -174,8 +175,9 @@ class TextDataModule(BaseDataModule):
         text_col, target_col = self.cfg.text_column, self.cfg.target
         self.raw = frame.reset_index(drop=True)  # the rows as the user gave them
         n_raw = len(frame)
-        frame = self.raw[[text_col, target_col]].dropna()
-        frame = frame[frame[text_col].astype(str).str.strip() != ""]
+        frame = self.raw[[text_col, target_col]]
+        # Only empty cells are missing: a text "NA" and a class "None" are kept as written.
+        frame = frame[~(empty_cells(frame[text_col]) | empty_cells(frame[target_col]))]
         dropped = n_raw - len(frame)
         if len(frame) == 0:
             raise DataError(f"data: no row has both a text ({text_col}) and a label ({target_col})")

@@ -6,6 +6,7 @@ import re
 import shutil
 import time
 import warnings
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -21,9 +22,11 @@ from archselect.search.progress import StudyProgressBar
 from archselect.search.storage import worker_id
 from archselect.search.trials import (
     KILLED_REASON,
+    EnvironmentFault,
     Surplus,
     TrialFailed,
     cuda_oom,
+    environment_fault,
     fail_reason,
     taken,
 )
@@ -72,10 +75,15 @@ class SearchProgress:
     deadline: float | None = None
 
 
+def study_key(study_name: str, storage: str) -> str:
+    """A file name for a study of a storage (its name made safe, and the storage's hash)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", study_name)
+    return f"{safe}-{stable_hash(storage)[:8]}"
+
+
 def checkpoint_folder(runs_dir: str, study_name: str, storage: str) -> Path:
     """Where a study's trials keep their best checkpoints (one folder per study and storage)."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", study_name)
-    return Path(runs_dir) / "checkpoints" / f"{safe}-{stable_hash(storage)[:8]}"
+    return Path(runs_dir) / "checkpoints" / study_key(study_name, storage)
 
 
 class Objective:
@@ -116,12 +124,15 @@ class Objective:
         values = suggest(trial, cand.name, cand.space)
         model_kw, optim, data_opts = cand.split(values)
         trial.set_user_attr("max_epochs", cand.max_epochs)
-        run_id = self.tracker.start_trial(
-            self.study_name, trial.number, cand.name,
-            {**{f"model.{k}": v for k, v in model_kw.items()},
-             **{f"optim.{k}": v for k, v in optim.items()},
-             **{f"data.{k}": v for k, v in data_opts.items()}, "max_epochs": cand.max_epochs},
-        )
+        try:
+            run_id = self.tracker.start_trial(
+                self.study_name, trial.number, cand.name,
+                {**{f"model.{k}": v for k, v in model_kw.items()},
+                 **{f"optim.{k}": v for k, v in optim.items()},
+                 **{f"data.{k}": v for k, v in data_opts.items()}, "max_epochs": cand.max_epochs},
+            )
+        except Exception as exc:
+            raise self._environment(trial, None, exc) from exc
         trial.set_user_attr("mlflow_run_id", run_id)
         start = time.monotonic()
         trainer = None
@@ -177,12 +188,27 @@ class Objective:
             self._drop_checkpoint(trial.number)
             raise
         except Exception as exc:
+            if environment_fault(exc):
+                raise self._environment(trial, run_id, exc) from exc
             reason = fail_reason(exc)
             trial.set_user_attr("fail_reason", reason)
             trial.set_user_attr("duration_s", round(time.monotonic() - start, 2))
             self.tracker.end_trial(run_id, "FAIL", reason=reason)
             self._drop_checkpoint(trial.number)
             raise TrialFailed(reason) from exc
+
+    def _environment(self, trial: optuna.Trial, run_id: str | None,
+                     exc: BaseException) -> EnvironmentFault:
+        """The trial stopped by its environment: recorded (where the stores still answer) without
+        a fail_reason, so it is not counted, and raised on so that the study stops."""
+        reason = fail_reason(exc)
+        with suppress(Exception):  # the store that failed may be the study's own
+            trial.set_user_attr("environment_failure", reason)
+        if run_id is not None:
+            with suppress(Exception):
+                self.tracker.end_trial(run_id, "KILLED", reason=f"not counted: {reason}")
+        self._drop_checkpoint(trial.number)
+        return EnvironmentFault(reason)
 
     def _fit(self, trial: optuna.Trial, cand: Candidate, model_kw: dict[str, Any],
              optim: dict[str, Any], data_opts: dict[str, Any], run_id: str, batch_size: int,

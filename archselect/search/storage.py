@@ -15,10 +15,11 @@ from typing import Any
 
 import optuna
 
-from archselect.config.errors import ConfigError
+from archselect.config.errors import ConfigError, store_failure
 from archselect.config.validate import writable_folder
 from archselect.search.trials import KILLED_REASON, TS
-from archselect.tracking import Tracker, mask_secrets
+from archselect.secrets import mask_secrets
+from archselect.tracking import Tracker
 
 ALLOWED = ("sqlite:///path.db, journal:///path.log, postgresql://user:pw@host/db, "
            "mysql+pymysql://...")
@@ -68,10 +69,8 @@ def check_storage(url: Any) -> str:
 
 def storage_error(exc: BaseException, url: str) -> ConfigError:
     """A storage failure as one line naming ``search.storage``."""
-    first = (str(exc).strip().splitlines() or [""])[0][:200]
-    return ConfigError("search.storage", f"cannot open the study storage ({type(exc).__name__}: "
-                       f"{mask_secrets(first)})", given=mask_secrets(url),
-                       fix="check the URL, the server (and its driver), the path")
+    return store_failure("search.storage", "cannot open the study storage", exc, url,
+                         "check the URL, the server (and its driver), the path")
 
 
 def make_storage(url: str, *, heartbeat_interval: int | None, grace_period: int,

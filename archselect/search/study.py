@@ -6,10 +6,8 @@ should hold, counted across invocations and workers (see ``trials.counts``).
 
 from __future__ import annotations
 
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +22,7 @@ from archselect.search.storage import close_killed_run, make_storage, reap_dead_
 from archselect.search.trials import (
     KILLED_REASON,
     TS,
+    EnvironmentFault,
     StudyOutcome,
     Surplus,
     TrialFailed,
@@ -32,8 +31,10 @@ from archselect.search.trials import (
     records,
     taken,
 )
+from archselect.secrets import mask_secrets
 from archselect.selector import Candidate, Selection
-from archselect.tracking import Tracker, mask_secrets
+from archselect.signals import interrupt_on_signals
+from archselect.tracking import Tracker
 
 OnTrial = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -111,9 +112,10 @@ def open_study(search: SearchConfig, study_name: str, selection: Selection, spec
     return study
 
 
-def enqueue_baselines(study: optuna.Study, candidates: list[Candidate]) -> int:
+def enqueue_baselines(study: optuna.Study, candidates: list[Candidate], room: int) -> int:
     """Queue each candidate with its defaults, simplest first, unless already tried (a baseline
-    whose worker was killed is queued again)."""
+    whose worker was killed is queued again); at most ``room`` of them, so that no queued trial
+    outlives the budget."""
     tried = set()
     for t in study.get_trials(deepcopy=False):
         if not (counts(t) or t.state in (TS.RUNNING, TS.WAITING)):
@@ -125,34 +127,12 @@ def enqueue_baselines(study: optuna.Study, candidates: list[Candidate]) -> int:
     for cand in candidates:
         if (cand.name, True) in tried:
             continue
+        if queued >= room:
+            break
         params = {"arch": cand.name, **{f"{cand.name}.{k}": v for k, v in cand.defaults().items()}}
         study.enqueue_trial(params, user_attrs={"baseline": True})
         queued += 1
     return queued
-
-
-@contextmanager
-def _graceful_stop(received: list[str]) -> Iterator[None]:
-    """Ctrl-C and SIGTERM end the running trial cleanly (it raises KeyboardInterrupt); further
-    signals during that clean-up are ignored."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if received:
-            return
-        received.append(signal.Signals(signum).name)
-        raise KeyboardInterrupt
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():  # Lightning leaves SIGINT ignored after an interrupt
-            signal.signal(s, h)
 
 
 @dataclass
@@ -177,7 +157,7 @@ def run_search(search: SearchConfig, study: optuna.Study, objective: Objective,
     max_failures = search.max_failures
     reap_dead_trials(study, objective.tracker)
     if enqueue and search.enqueue_baselines:
-        enqueue_baselines(study, candidates)
+        enqueue_baselines(study, candidates, room=target - taken(study))
     loop = _Loop()
     progress = objective.progress
 
@@ -207,12 +187,14 @@ def run_search(search: SearchConfig, study: optuna.Study, objective: Objective,
     received: list[str] = []
     if taken(study) < target:
         try:
-            with _graceful_stop(received):
+            with interrupt_on_signals(received):
                 study.optimize(objective, timeout=None if timeout is None else float(timeout),
                                catch=(TrialFailed, Surplus), callbacks=[after],
                                gc_after_trial=True)
         except KeyboardInterrupt:
             loop.stopped_by = f"signal {received[0] if received else 'SIGINT'}"
+        except EnvironmentFault as exc:
+            loop.stopped_by, loop.last = "environment", str(exc)
     elapsed = time.monotonic() - start
     outcome = StudyOutcome(study_name=study.study_name, storage=mask_secrets(search.storage),
                            direction=str(study.direction.name.lower()), records=records(study),

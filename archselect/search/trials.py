@@ -20,6 +20,42 @@ class Surplus(Exception):
     """A trial asked for after the budget was filled by other workers; it does not run."""
 
 
+class EnvironmentFault(Exception):
+    """A trial stopped by its environment (a full disk, a store that fails), not by its own
+    fault: it is not counted, and the study stops so that the cause can be fixed first."""
+
+
+# Failures that are the machine's, not the trial's: the same command resumes once they are fixed.
+_ENVIRONMENT_WORDS = ("No space left", "disk is full", "Read-only file system", "file write failed",
+                      "database is locked", "unable to open database")
+
+
+def environment_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) comes from the environment: a file system or store
+    error rather than the trial's loss, memory or time."""
+    import errno
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    seen: BaseException | None = exc
+    for _ in range(20):  # the chain of causes, however long
+        if seen is None:
+            break
+        if isinstance(seen, MemoryError) or (isinstance(seen, OSError)
+                                             and seen.errno == errno.ENOMEM):
+            return False  # the trial's own memory
+        if isinstance(seen, OSError | sqlite3.Error | SQLAlchemyError | MlflowException
+                      | StorageInternalError):
+            return True
+        if any(word in str(seen) for word in _ENVIRONMENT_WORDS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 @dataclass
 class TrialRecord:
     """One row of the leaderboard."""
@@ -110,7 +146,8 @@ def records(study: optuna.Study) -> list[TrialRecord]:
         params = {k.split(".", 1)[1]: v for k, v in t.params.items() if k.startswith(f"{arch}.")}
         reason = t.user_attrs.get("fail_reason")
         if t.state == TS.FAIL and reason is None:
-            reason = KILLED_REASON
+            environment = t.user_attrs.get("environment_failure")
+            reason = f"not counted: {environment}" if environment else KILLED_REASON
         elif t.user_attrs.get("stopped_by"):
             reason = f"stopped by {t.user_attrs['stopped_by']}"
         out.append(TrialRecord(

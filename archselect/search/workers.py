@@ -23,6 +23,8 @@ from archselect.hardware import HardwareProfile
 
 WORKER_ENV = "ARCHSELECT_WORKER"
 STUDY_ENV = "ARCHSELECT_STUDY"
+#: the process id of the command that started the worker: the worker exits when it is gone
+PARENT_ENV = "ARCHSELECT_PARENT"
 
 
 def thread_share(cores: int, n_workers: int) -> int:
@@ -54,7 +56,7 @@ def spawned(n_workers: int, config_yaml: str, study_name: str, hw: HardwareProfi
     procs = []
     for i in range(1, n_workers):
         env = {**os.environ, WORKER_ENV: str(i), STUDY_ENV: study_name,
-               "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+               PARENT_ENV: str(os.getpid()), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         if len(hw.gpus) > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(i % len(hw.gpus))
         proc = subprocess.Popen([sys.executable, "-m", "archselect.worker"],
