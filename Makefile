@@ -45,8 +45,9 @@ lint: setup
 	$(BIN)/ruff check archselect tests benchmarks
 	$(BIN)/mypy archselect
 
+# Tests run on every core (pytest-xdist), one torch thread each (tests/conftest.py).
 test: lint
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n auto --dist worksteal $(PYTEST_ARGS)
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000

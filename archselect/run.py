@@ -6,6 +6,7 @@ Nothing is written to the stores until the config, the data and the selection ha
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -29,6 +30,9 @@ from archselect.search.trials import StudyOutcome
 from archselect.secrets import mask_secrets
 from archselect.selector import Selection, continuous_target_rule, resolve_task, select
 from archselect.signals import interrupt_on_signals
+
+#: a write that failed because of the disk (full, read-only, over quota, failing), not the study
+DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO)
 
 
 @dataclass
@@ -166,6 +170,15 @@ def run(cfg: Any, console: Console | None = None, study_suffix: str = "") -> Run
         raise store_error(exc, conf.tracking.uri) from None
     except (StorageInternalError, SQLAlchemyError) as exc:  # the study's store did
         raise storage_error(exc, conf.search.storage) from None
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        raise ArchselectError(
+            f"runs_dir: cannot write{where} ({exc.strerror}); the finished trials are kept in "
+            "the study; fix: free space on that disk (or set runs_dir / "
+            "tracking.artifact_location to another one), then run the same command again"
+        ) from None
     return result
 
 

@@ -38,6 +38,8 @@ def _quiet() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # It logs a store's error with its traceback, then raises it: archselect says it in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 class Tracker:
@@ -59,8 +61,8 @@ class Tracker:
         created = database is not None and not database.exists()
         self.uri = uri
         mlflow.set_tracking_uri(uri)
-        self.client = MlflowClient(tracking_uri=uri)
         try:
+            self.client = MlflowClient(tracking_uri=uri)  # opens (or creates) the store
             self.experiment_id = self._experiment(experiment, artifact_location)
             # A store that can be read but not written (read-only, full) fails here, before the
             # search, rather than in its first trial.
@@ -412,7 +414,8 @@ def _check_store(uri: str) -> Path | None:
 def store_error(exc: BaseException, uri: str) -> ConfigError:
     """A tracking-store failure as one line naming ``tracking.uri``."""
     return store_failure("tracking.uri", "cannot use the tracking store", exc, uri,
-                         "check that the store is reachable, writable and not full")
+                         "check that the store is reachable, writable and not full (a damaged "
+                         "database file: move it away, and a new one is made)")
 
 
 def measure_latency(module: pl.LightningModule, inputs: dict[str, Any], repeats: int = 5

@@ -179,10 +179,73 @@ def test_sigterm_while_registering_ends_with_one_line_and_no_running_parent(
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
 
 
+# -- a full or read-only disk (a real file system: a small tmpfs) ----------------------------
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 3 MB tmpfs at ``tmp_path/disk`` (root only), and a function that remounts it with
+    options (``size=64M``, ``ro``); unmounted after the test."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(disk)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip()[:80]})")
+
+    def remount(options: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{options}", str(disk)], check=True)
+
+    try:
+        yield disk, remount
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.study
+def test_a_full_disk_is_one_line_and_the_same_command_resumes_once_there_is_room(
+        small_disk: Any) -> None:
+    disk, remount = small_disk
+    args = [*IRIS, "search.n_trials=3", "search.study_name=full"]
+    with pytest.raises(ArchselectError, match=r"(runs_dir: cannot write .*No space left on device"
+                       r"|search: stopped by the machine).*run the same command again") as info:
+        run(compose_cfg(args, disk))
+    assert "\n" not in str(info.value)
+    remount("size=64M")
+    result = run(compose_cfg(args, disk))
+    assert result.model_version == 1
+    study = optuna.load_study(study_name="full", storage=f"sqlite:///{disk}/optuna.db")
+    assert sum(t.state in (TS.COMPLETE, TS.PRUNED) for t in study.trials) == 3
+    client = MlflowClient(f"sqlite:///{disk}/mlflow.db")
+    exp = client.get_experiment_by_name("archselect-tabular_classification")
+    assert exp is not None
+    parents = client.search_runs([exp.experiment_id], "tags.`archselect.role` = 'study'")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+
+
+@pytest.mark.study
+def test_a_read_only_tracking_store_is_one_line_before_any_trial(small_disk: Any,
+                                                                 tmp_path: Path) -> None:
+    disk, remount = small_disk
+    remount("size=64M")
+    # in another process: this one would keep the store's file open, and the disk busy
+    first = archselect(*IRIS, "search.n_trials=1", f"runs_dir={disk}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    remount("ro")
+    store = [f"tracking.uri=sqlite:///{disk}/mlflow.db",
+             f"tracking.artifact_location={disk}/artifacts"]
+    with pytest.raises(ConfigError, match=r"^tracking.uri: cannot use the tracking store "
+                       r"\(MlflowException: .*readonly database\); given .*; fix: check that the "
+                       r"store is reachable, writable and not full"):
+        run(compose_cfg([*IRIS, "search.n_trials=1", *store], tmp_path / "here"))
+    assert not (tmp_path / "here" / "optuna.db").exists()
+
+
 # -- broken tracking stores, copied folders ---------------------------------------------------
 @pytest.mark.parametrize(("make", "expected"), [
     (lambda d: (d / "mlflow.db").write_text("not a database\n") and [],
      "tracking.uri: {d}/mlflow.db is not an MLflow store"),
+    (lambda d: (d / "mlflow.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 64)
+     and [], r"tracking.uri: cannot use the tracking store \(DatabaseError: .*\); given .*; "
+     r"fix: .*a damaged database file: move it away"),
     (lambda d: [f"tracking.uri=http://127.0.0.1:{_free_port()}"],
      "tracking.uri: the tracking server does not answer"),
 ])

@@ -36,6 +36,10 @@ from archselect.run import run
     ("seed=4294967295", r"^seed: must lie in 0\.\.\d+ .*; given 4294967295;"),
     ("search.timeout=nan", r"^search.timeout: must be a positive number of seconds, or null; "
      r"given nan"),
+    ("search.trial_timeout=nan", r"^search.trial_timeout: must be a positive number of seconds"),
+    ("tracking.system_metrics_interval=nan", r"^tracking.system_metrics_interval: must be a "
+     r"positive number of seconds"),
+    ("export.onnx_tolerance=nan", r"^export.onnx_tolerance: must be a positive number"),
 ])
 def test_late_failures_fail_before_any_store(make_cfg, tmp_path: Path, override: str,
                                              pattern: str) -> None:

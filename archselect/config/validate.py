@@ -77,10 +77,10 @@ def check_numbers(cfg: ArchselectConfig) -> None:
                           f"({s.heartbeat_interval})", given=s.grace_period,
                           fix="give it at least twice the heartbeat interval")
     interval = cfg.tracking.system_metrics_interval
-    if interval is not None and interval <= 0:
+    if interval is not None and not (interval > 0 and math.isfinite(interval)):
         raise ConfigError("tracking.system_metrics_interval", "must be a positive number of "
                           "seconds, or null to turn system metrics off", given=interval)
-    if cfg.export.onnx_tolerance <= 0:
+    if not (cfg.export.onnx_tolerance > 0 and math.isfinite(cfg.export.onnx_tolerance)):
         raise ConfigError("export.onnx_tolerance", "must be a positive number",
                           given=cfg.export.onnx_tolerance, fix="e.g. 1e-4")
 
