@@ -186,6 +186,16 @@ def test_same_seed_same_trials_and_metrics_and_the_study_logs_its_environment(
     assert first == second
 
 
+def test_a_resumed_study_continues_the_sampler_instead_of_repeating_it(tmp_path: Path) -> None:
+    args = [*IRIS, "search.max_epochs=2", "search.study_name=r", "tracking.register=false"]
+    run(compose_cfg([*args, "search.n_trials=3"], tmp_path))  # 2 baselines, 1 sampled
+    run(compose_cfg([*args, "search.n_trials=5"], tmp_path))  # resumed: 2 more sampled
+    study = optuna.load_study(study_name="r", storage=f"sqlite:///{tmp_path}/optuna.db")
+    sampled = [t.params for t in study.trials if not t.user_attrs.get("baseline")]
+    assert len(sampled) == 3
+    assert sampled[1] != sampled[0] and sampled[2] != sampled[0]
+
+
 def _free_port() -> int:
     import socket
 

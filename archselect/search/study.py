@@ -56,12 +56,20 @@ def _instantiate(node: dict[str, Any], key: str, base: type) -> Any:
     return obj
 
 
-def sampler_and_pruner(search: SearchConfig, worker: int = 0) -> tuple[Any, Any]:
-    """Instantiate ``search.sampler`` and ``search.pruner`` (worker ``i`` seeds its sampler with
-    ``seed + i``, so parallel workers do not propose the same trials)."""
+#: how far apart the sampler seeds of a study's resumes lie (a prime, past any worker count)
+RESUME_SEED_STRIDE = 1_000_003
+
+
+def sampler_and_pruner(search: SearchConfig, worker: int = 0, resumed_at: int = 0
+                       ) -> tuple[Any, Any]:
+    """Instantiate ``search.sampler`` and ``search.pruner``. Worker ``i`` seeds its sampler with
+    ``seed + i``, so parallel workers do not propose the same trials; a study resumed when it
+    holds ``resumed_at`` trials adds ``resumed_at * RESUME_SEED_STRIDE``, so the resume continues
+    the sequence instead of proposing the first trials' parameters again (a study from scratch
+    is seeded as before: the same seed gives the same study)."""
     node = dict(search.sampler)
-    if worker and node.get("seed") is not None:
-        node["seed"] = int(node["seed"]) + worker
+    if node.get("seed") is not None and (worker or resumed_at):
+        node["seed"] = (int(node["seed"]) + worker + resumed_at * RESUME_SEED_STRIDE) % 2**32
     sampler = _instantiate(node, "search.sampler", optuna.samplers.BaseSampler)
     pruner = _instantiate(dict(search.pruner), "search.pruner", optuna.pruners.BasePruner)
     return sampler, pruner
@@ -95,6 +103,9 @@ def open_study(search: SearchConfig, study_name: str, selection: Selection, spec
     if study_name in names:
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
                                   pruner=pruner)
+        held = len(study.get_trials(deepcopy=False))
+        if held:
+            study.sampler, _ = sampler_and_pruner(search, worker, resumed_at=held)
         for k, v in identity.items():
             old = study.user_attrs.get(k)
             if old is not None and old != v:
