@@ -58,8 +58,10 @@ class DataSpec:
         target_std: training-split standard deviation of a continuous target (regression).
         horizon: steps forecast at once (forecasting).
         season_length: the season in steps, for the seasonal-naive baseline (forecasting).
-        mase_scale: the seasonal-naive forecast's MAE on the test windows (forecasting: MASE's
-            denominator, so MASE < 1 beats seasonal naive).
+        mase_scale: MASE's denominator (forecasting): the in-sample seasonal-naive error, the
+            mean absolute seasonal difference over the training span (the classic scale).
+        naive_mae: the seasonal-naive forecast's MAE on the test windows (forecasting:
+            ``rel_mae``'s denominator, so rel_mae < 1 beats seasonal naive on the test span).
         data_hash: hash of the rows, the split and the preprocessing options.
         profile: the data profile (sizes, balance, lengths, vocabulary, ...).
     """
@@ -77,6 +79,7 @@ class DataSpec:
     horizon: int = 0
     season_length: int = 1
     mase_scale: float = 1.0
+    naive_mae: float = 1.0
     data_hash: str = ""
     profile: dict[str, Any] = field(default_factory=dict)
 
