@@ -106,7 +106,8 @@ def split_tensors(dm: Any, split: str) -> tuple[Any, Any]:
     """A split's inputs as one float tensor, encoded and normalised as archselect's loaders do."""
     import torch
 
-    batches = list(dm._loader(split, shuffle=False))
+    part = {"train": "fit", "val": "check"}.get(split, split)
+    batches = list(dm.ordered_loader(part))
     return (torch.cat([b["inputs"]["x"] for b in batches]),
             torch.cat([b["target"] for b in batches]))
 

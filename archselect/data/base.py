@@ -26,7 +26,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from archselect.config.errors import ConfigError, DataError
 from archselect.config.schema import SourceConfig
@@ -88,6 +88,27 @@ class DataSpec:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class View:
+    """Which rows of the pool (the train rows, then the val rows) the train and val loaders read:
+    one fold of a cross-validation, or every row with nothing held out (a refit).
+
+    Attributes:
+        fit: pool indices the train loader reads.
+        check: pool indices the val loader reads (held out; empty for a refit).
+        name: how reports call it (``fold 2/5``, ``train + val``).
+    """
+
+    fit: np.ndarray
+    check: np.ndarray
+    name: str = ""
+
+    @classmethod
+    def everything(cls, n_pool: int) -> View:
+        """Every row of the pool to train on, none held out."""
+        return cls(fit=np.arange(n_pool), check=np.arange(0), name="train + val")
+
+
 @dataclass
 class ServingBundle:
     """What MLflow needs to log the best model as a pyfunc that takes raw inputs."""
@@ -129,6 +150,8 @@ class BaseDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir)
         self.target_kind = target_kind
         self.spec: DataSpec | None = None
+        #: the rows of the pool the train and val loaders read (a fold, a refit); None: the splits
+        self.view: View | None = None
 
     def load_frame(self) -> Any:
         """What the data source's loader returns for this data node."""
@@ -175,18 +198,71 @@ class BaseDataModule(pl.LightningDataModule):
         of raw input and output. Call after ``for_trial`` with the best candidate."""
         raise NotImplementedError
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
-        """The loader of one split, as set up by the last ``for_trial``."""
+    # -- rows and loaders ------------------------------------------------------------------
+    def split_dataset(self, split: str) -> Dataset[Any]:
+        """The rows of one split (``train``, ``val``, ``test``), as set up by the last
+        ``for_trial``: each row is what ``collate`` takes."""
         raise NotImplementedError
 
+    def collate(self, train: bool) -> Any:
+        """The function that turns rows into a batch (``train``: with training augmentation)."""
+        raise NotImplementedError
+
+    def make_loader(self, rows: Dataset[Any], *, train: bool, shuffle: bool,
+                    ordered: bool = False) -> DataLoader[Any]:
+        """A loader over ``rows`` (``ordered``: in row order, as predictions are stored; a kind
+        may otherwise group its batches, e.g. texts by length)."""
+        return seeded_loader(rows, batch_size=self.batch_size, shuffle=shuffle and not ordered,
+                             seed=self.seed, collate=self.collate(train),
+                             num_workers=0 if ordered else self.num_workers)
+
+    def pool_sizes(self) -> tuple[int, int]:
+        """How many rows the train and val splits hold: the pool is the train rows, then the val
+        rows (what cross-validation folds and a refit draw on)."""
+        spec = self.prepare()
+        return int(spec.profile["splits"]["train"]), int(spec.profile["splits"]["val"])
+
+    def rows_of(self, part: str) -> Dataset[Any]:
+        """The rows a loader reads: ``fit`` (train, or the view's fit rows of the pool), ``check``
+        (val, or the view's held-out rows), ``test``, or ``pool`` (train, then val)."""
+        if part == "test":
+            return self.split_dataset("test")
+        if part == "pool":
+            return ConcatDataset([self.split_dataset("train"), self.split_dataset("val")])
+        if self.view is None:
+            return self.split_dataset({"fit": "train", "check": "val"}[part])
+        chosen = self.view.fit if part == "fit" else self.view.check
+        return Subset(self.rows_of("pool"), chosen.tolist())
+
+    def pool_targets(self) -> torch.Tensor:
+        """The targets of the pool (train, then val)."""
+        return torch.cat([self.targets("train"), self.targets("val")])
+
+    def folds(self, k: int) -> list[View]:
+        """``k`` folds of the pool for cross-validation: stratified by class when the targets are
+        classes (a class with fewer than ``k`` rows: plain folds), else shuffled, seeded."""
+        from sklearn.model_selection import KFold, StratifiedKFold
+
+        y = self.pool_targets().numpy()
+        index = np.arange(len(y))
+        splitter: Any = KFold(n_splits=k, shuffle=True, random_state=self.seed)
+        if y.dtype.kind in "iu" and np.bincount(y).min(initial=k) >= k:
+            splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=self.seed)
+        return [View(fit=np.sort(a), check=np.sort(b), name=f"fold {i + 1}/{k}")
+                for i, (a, b) in enumerate(splitter.split(index, y))]
+
     def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader("train", True)
+        return self.make_loader(self.rows_of("fit"), train=True, shuffle=True)
 
     def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader("val", False)
+        return self.make_loader(self.rows_of("check"), train=False, shuffle=False)
 
     def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test", False)
+        return self.make_loader(self.rows_of("test"), train=False, shuffle=False)
+
+    def ordered_loader(self, part: str) -> DataLoader[Any]:
+        """A loader over ``rows_of(part)`` in row order (predictions of a split or a fold)."""
+        return self.make_loader(self.rows_of(part), train=False, shuffle=False, ordered=True)
 
 
 # -- the data node: a kind's keys + its source's keys, typed --------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from archselect.config.errors import ConfigError, DataError
 from archselect.config.schema import DataConfig, SourceConfig
@@ -23,7 +23,6 @@ from archselect.data.base import (
     classes_line,
     datamodules,
     encode_labels,
-    seeded_loader,
     splits_text,
     stratified_split,
 )
@@ -175,13 +174,13 @@ class ImageDataModule(BaseDataModule):
         s = self.augment
         return v2.RandomAffine(degrees=30 * s, translate=(s, s), scale=(1 - s, 1 + s))
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
+    def split_dataset(self, split: str) -> Dataset[Any]:
         self.prepare()
-        data = TensorDataset(self.images[split], torch.as_tensor(self.labels[split]))
-        augment = self._augmenter() if (split == "train" and self.augment > 0) else None
-        return seeded_loader(data, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed,
-                             collate=_Collate(self.mean, self.std, augment),
-                             num_workers=self.num_workers)
+        return TensorDataset(self.images[split], torch.as_tensor(self.labels[split]))
+
+    def collate(self, train: bool) -> Any:
+        augment = self._augmenter() if (train and self.augment > 0) else None
+        return _Collate(self.mean, self.std, augment)
 
 
 class _Collate:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from archselect.config.errors import ConfigError, DataError
 from archselect.config.schema import SequenceDataConfig, SourceConfig
@@ -33,7 +33,6 @@ from archselect.data.base import (
     no_rows,
     numeric_column,
     require_column,
-    seeded_loader,
     stack_batch,
     stratified_split,
 )
@@ -243,12 +242,13 @@ class SequenceDataModule(BaseDataModule):
         return ServingBundle(codec=codec, artifacts={}, input_example=example,
                              output_example=output, input_schema=any_columns([*example.columns]))
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
+    def split_dataset(self, split: str) -> Dataset[Any]:
         self.prepare()
         x = torch.as_tensor((self.x[split] - self.mean) / self.std, dtype=torch.float32)
-        y = torch.as_tensor(self.y[split], dtype=torch.long)
-        return seeded_loader(TensorDataset(x, y), batch_size=self.batch_size, shuffle=shuffle,
-                             seed=self.seed, collate=stack_batch, num_workers=self.num_workers)
+        return TensorDataset(x, torch.as_tensor(self.y[split], dtype=torch.long))
+
+    def collate(self, train: bool) -> Any:
+        return stack_batch
 
 
 class SequenceCodec(Codec):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from archselect.config.errors import ConfigError, DataError
 from archselect.config.schema import SeriesDataConfig, SourceConfig
@@ -35,7 +35,6 @@ from archselect.data.base import (
     no_rows,
     numeric_column,
     require_column,
-    seeded_loader,
 )
 from archselect.data.timeindex import (
     detect_season,
@@ -382,11 +381,13 @@ class SeriesDataModule(BaseDataModule):
                              output_example=output,
                              input_schema=any_columns([*example.columns]))
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
+    def split_dataset(self, split: str) -> Dataset[Any]:
         self.prepare()
         x, y, offset = (torch.as_tensor(a) for a in self.arrays[split])
-        return seeded_loader(_Windows(x, y, offset), batch_size=self.batch_size, shuffle=shuffle,
-                             seed=self.seed, collate=_collate_windows, num_workers=self.num_workers)
+        return _Windows(x, y, offset)
+
+    def collate(self, train: bool) -> Any:
+        return _collate_windows
 
 
 class ForecastCodec(Codec):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from archselect.config.errors import ConfigError, ContinuousTarget, DataError
 from archselect.config.schema import LabelledDataConfig, SourceConfig
@@ -32,7 +32,6 @@ from archselect.data.base import (
     encode_labels,
     no_rows,
     require_column,
-    seeded_loader,
     splits_text,
     stack_batch,
     stratified_split,
@@ -310,11 +309,12 @@ class TabularDataModule(BaseDataModule):
                              input_schema=any_columns(features))
 
     # -- Lightning ------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
+    def split_dataset(self, split: str) -> Dataset[Any]:
         self.prepare()
-        data = TensorDataset(torch.as_tensor(self.x[split]), self._target_tensor(split))
-        return seeded_loader(data, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed,
-                             collate=stack_batch, num_workers=self.num_workers)
+        return TensorDataset(torch.as_tensor(self.x[split]), self._target_tensor(split))
+
+    def collate(self, train: bool) -> Any:
+        return stack_batch
 
 
 class TabularCodec(Codec):

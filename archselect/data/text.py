@@ -379,17 +379,26 @@ class TextDataModule(BaseDataModule):
         self.num_workers = num_workers
         return self
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
+    def _enc(self) -> Encoded:
         if self._encoded is None:
             raise RuntimeError("TextDataModule.use() must be called before asking for loaders")
-        enc = self._encoded
-        sampler = LengthBuckets([len(x) for x in enc.ids[split]], self.batch_size,
-                                shuffle=shuffle, seed=self.seed)
-        return DataLoader(
-            _Rows(enc.ids[split], enc.labels[split]), batch_sampler=sampler,
-            collate_fn=_Collate(enc.pad_id), num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return self._encoded
+
+    def split_dataset(self, split: str) -> Dataset[Any]:
+        enc = self._enc()
+        return _Rows(enc.ids[split], enc.labels[split])
+
+    def collate(self, train: bool) -> Any:
+        return _Collate(self._enc().pad_id)
+
+    def make_loader(self, rows: Dataset[Any], *, train: bool, shuffle: bool,
+                    ordered: bool = False) -> DataLoader[Any]:
+        if ordered:
+            return super().make_loader(rows, train=train, shuffle=False, ordered=True)
+        lengths = [len(rows[i][0]) for i in range(len(rows))]  # type: ignore[arg-type]
+        sampler = LengthBuckets(lengths, self.batch_size, shuffle=shuffle, seed=self.seed)
+        return DataLoader(rows, batch_sampler=sampler, collate_fn=self.collate(train),
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
 
 
