@@ -1,4 +1,6 @@
-"""After the search: test the best trial, log and register it, move the champion alias, export.
+"""After the search: choose the final model (the best trial, or a greedy ensemble of trials that
+beats it on validation), train it again on train + val (refit), test it, log and register it, move
+the champion alias, export.
 
 Also the study's pictures that need the finished study (Optuna's history, importances, parallel
 coordinates) and the family's and data kind's pictures of the test split.
@@ -6,20 +8,27 @@ coordinates) and the family's and data kind's pictures of the test split.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from archselect import report
+from archselect.architectures import architectures
 from archselect.config.errors import ArchselectError
 from archselect.config.schema import ExportConfig, TrackingConfig
-from archselect.data.base import BaseDataModule
+from archselect.data.base import BaseDataModule, View
+from archselect.ensemble import combine
 from archselect.hardware import HardwareProfile
-from archselect.search.trials import TrialRecord
+from archselect.references import Reference
+from archselect.search.fit import Configuration, TrialSettings, fit, predict
+from archselect.search.trials import StudyOutcome, TrialRecord
+from archselect.selector import Selection
 from archselect.tracking import Tracker
 
 
@@ -34,71 +43,122 @@ class Finished:
     model_version: int | None = None
     champion: str = ""
     onnx_uri: str | None = None
+    #: what was tested and registered: ``trial 3 (mlp)`` or an ensemble's members and weights
+    model_name: str = ""
+    #: trial number -> weight of the final model's members (one member: weight 1)
+    weights: dict[int, float] = field(default_factory=dict)
+    refit: bool = False
+    #: how the final model compares with the classical reference on the test split
+    comparison: str = ""
 
 
-def finish(best: TrialRecord, *, dm: BaseDataModule, hw: HardwareProfile, tracker: Tracker,
-           console: Console, family_cls: Any, monitor: str, direction: str,
-           tracking: TrackingConfig, export: ExportConfig) -> Finished:
-    """Test the best trial's checkpoint, log and register it as a pyfunc model.
+@dataclass
+class Member:
+    """One trial of the final model: its record, weight and the checkpoint that is tested."""
+
+    record: TrialRecord
+    weight: float
+    checkpoint: str
+
+
+def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
+           hw: HardwareProfile, tracker: Tracker, console: Console, family_cls: Any,
+           settings: TrialSettings, tracking: TrackingConfig, export: ExportConfig,
+           ensemble_rounds: int, reference: Reference | None = None,
+           register_references: bool = False) -> Finished:
+    """Choose the final model (the best trial, or an ensemble of trials that beats it on
+    validation), train it again on train + val when the selection says so, test it, log and
+    register it as a pyfunc model.
 
     Args:
-        best: the best trial of the study.
+        outcome: the search's outcome (its ranked trials).
+        selection: the candidates (a refit rebuilds their configurations), folds and refit.
         dm: the prepared data.
         hw: the hardware profile (accelerator, precision).
         tracker: the study's MLflow writer (its parent run open).
         console: where lines go.
         family_cls: the task family's LightningModule class.
-        monitor: ``task.monitor``; the champion compares the family's test metric, or this one.
-        direction: ``task.direction``, used when the family declares no test direction.
+        settings: the trial settings (a refit trains as the trials did).
         tracking: ``tracking`` (model name, registration, champion alias).
         export: ``export`` (ONNX).
+        ensemble_rounds: ``search.ensemble_rounds`` (0: no ensemble).
+        reference: the row's classical reference (tested beside the final model), if any.
+        register_references: ``selector.register_references``: the reference is registered
+            instead when it beats the final model on validation.
     """
-    import lightning.pytorch as pl
     import matplotlib.pyplot as plt
-    import torch
-    from mlflow.models import infer_signature
 
-    from archselect.architectures import architectures
-    from archselect.serving import ServedModel, pip_requirements
-
-    if not best.checkpoint or not Path(best.checkpoint).is_file():
-        raise ArchselectError(
-            f"finish: the checkpoint of best trial {best.number} is missing ({best.checkpoint}); "
-            "fix: keep runs_dir/checkpoints, or start a new study (search.study_name=...)"
-        )
-    done = Finished()
-    module = family_cls.load_from_checkpoint(best.checkpoint, map_location="cpu")
-    hp = module.hparams
+    task = selection.task
+    best = outcome.best
+    assert best is not None
+    parent = tracker.parent_id
+    assert parent is not None
+    ties = outcome.ties
+    if ties:
+        console.print(f"[bold yellow]Tie[/]: {ties}", soft_wrap=True)
+        tracker.set_tags(parent, {"archselect.tie": ties})
+    weights, val_value = _ensemble(outcome, best, selection, dm, family_cls, console, tracker,
+                                   ensemble_rounds)
+    by_number = {r.number: r for r in outcome.records}
+    members = [Member(by_number[n], w, str(by_number[n].checkpoint or ""))
+               for n, w in weights.items()]
+    for m in members:
+        if not m.checkpoint or not Path(m.checkpoint).is_file():
+            raise ArchselectError(
+                f"finish: the checkpoint of trial {m.record.number} is missing ({m.checkpoint}); "
+                "fix: keep runs_dir/checkpoints, or start a new study (search.study_name=...)")
+    done = Finished(weights=dict(weights), refit=selection.refit)
+    done.model_name = (f"trial {best.number} ({best.arch})" if len(members) == 1 else
+                       "ensemble of " + " + ".join(f"trial {m.record.number} ({m.record.arch}, "
+                                                   f"{m.weight:.2f})" for m in members))
+    if selection.refit:
+        for m in members:
+            m.checkpoint = _refit(m.record, selection, dm, hw, family_cls, settings, console)
+    modules = [family_cls.load_from_checkpoint(m.checkpoint, map_location="cpu")
+               for m in members]
+    hp = modules[0].hparams
     resolve = architectures.meta(hp["arch"]).get("resolve")
     dm.for_trial(resolve(hp["arch_kwargs"]) if resolve else None, batch_size=128, num_workers=0)
-    trainer = pl.Trainer(accelerator=hw.accelerator, devices=1,
-                         precision=hw.precision,  # type: ignore[arg-type]
-                         logger=False, enable_progress_bar=False, enable_model_summary=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        outputs: Any = trainer.predict(module, dataloaders=dm.test_dataloader())
-    preds = torch.cat([o["preds"] for o in outputs])
-    targets = torch.cat([o["targets"] for o in outputs])
-    spec = module.spec
+    tested = [predict(mod, dm.ordered_loader("test"), hw) for mod in modules]
+    targets = tested[0].targets
+    scores = combine({i: t.scores for i, t in enumerate(tested)},
+                     {i: m.weight for i, m in enumerate(members)})
+    preds = family_cls.decode_scores(scores)
+    spec = modules[0].spec
     done.test_metrics = family_cls.evaluate(preds, targets, spec)
     own = dm.baseline("test")  # e.g. seasonal naive, which needs the series' history
     done.baseline_name, trivial = own if own is not None else family_cls.trivial(
         dm.targets("train"), len(targets), spec)
     done.baseline_metrics = family_cls.evaluate(trivial, targets, spec)
-    report.print_test(console, best, done.test_metrics, done.baseline_name,
-                      done.baseline_metrics)
-    parent = tracker.parent_id
-    assert parent is not None
+    metric = family_cls.test_metric or task.monitor.removeprefix("val_")
+    metric_direction = family_cls.test_direction or task.direction
+    served_reference = None
+    if reference is not None:
+        done.comparison = _compare(done.test_metrics, reference, metric, metric_direction)
+        if register_references and _better(reference.val_value, val_value, task.direction):
+            served_reference = reference
+            console.print(f"Registered: the reference {reference.name} ({task.monitor} "
+                          f"{reference.val_value:.4f} on validation) beats {done.model_name} "
+                          f"({val_value:.4f}); selector.register_references=true registers it",
+                          soft_wrap=True)
+    report.print_test(console, done.model_name + (", refitted on train + val"
+                                                  if selection.refit else ""),
+                      done.test_metrics, done.baseline_name, done.baseline_metrics,
+                      reference.test_metrics if reference is not None else None)
+    if done.comparison:
+        console.print(f"Against the reference: {done.comparison}", soft_wrap=True)
     tracker.log_metrics(parent, {
         **{f"test_{k}": v for k, v in done.test_metrics.items()},
         **{f"baseline_test_{k}": v for k, v in done.baseline_metrics.items()},
-        f"best_{monitor}": float(best.value or 0.0), "best_trial": best.number,
+        f"best_{task.monitor}": float(best.value or 0.0), "best_trial": best.number,
     })
     tracker.set_tags(parent, {"archselect.best_arch": best.arch,
                               "archselect.best_trial": best.number,
+                              "archselect.final_model": done.model_name,
+                              "archselect.refit": str(selection.refit).lower(),
                               "archselect.baseline": done.baseline_name})
-    metric = family_cls.test_metric or monitor.removeprefix("val_")
-    metric_direction = family_cls.test_direction or direction
+    if done.comparison:
+        tracker.set_tags(parent, {"archselect.versus_reference": done.comparison})
     worse = _worse_than_baseline(done, metric, metric_direction)
     if worse:
         tracker.set_tags(parent, {"archselect.warning": worse})
@@ -107,9 +167,144 @@ def finish(best: TrialRecord, *, dm: BaseDataModule, hw: HardwareProfile, tracke
     for name, fig in figures.items():
         tracker.log_figure(fig, name)
         plt.close(fig)
+    if served_reference is not None:
+        assert reference is not None
+        done.model_name = f"reference: {reference.name}"
+        done.test_metrics = dict(reference.test_metrics)
+        done.weights = {}
+        tracker.set_tags(parent, {"archselect.final_model": done.model_name})
+        _register(done, [], family_cls, dm, tracker, console, tracking, metric,
+                  metric_direction, spec.data_hash, reference=reference)
+        return done
+    _register(done, members, family_cls, dm, tracker, console, tracking, metric,
+              metric_direction, spec.data_hash)
+    if export.onnx:
+        if len(modules) == 1:
+            done.onnx_uri = _export_onnx(modules[0], dm, tracker, console, export.onnx_tolerance)
+        else:
+            line = (f"export.onnx: the final model ({done.model_name}) was not exported: ONNX "
+                    "export takes one network, not an ensemble; fix: search.ensemble_rounds=0")
+            tracker.set_tags(parent, {"archselect.onnx": line})
+            console.print(f"[yellow]{line}[/]", soft_wrap=True)
+    return done
 
+
+def _ensemble(outcome: StudyOutcome, best: TrialRecord, selection: Selection,
+              dm: BaseDataModule, family_cls: Any, console: Console, tracker: Tracker,
+              rounds: int) -> tuple[dict[int, float], float]:
+    """The final model's members and weights, and its validation value: an ensemble of trials
+    when greedy selection over their validation predictions beats the best trial on the same
+    rows, else the best trial (its value)."""
+    import torch
+
+    from archselect.ensemble import greedy_selection
+
+    alone = ({best.number: 1.0}, float(best.value or 0.0))
+    if rounds <= 0 or not best.val_predictions or not Path(best.val_predictions).is_file():
+        return alone
+    task = selection.task
+    options = {c.name: c.option for c in selection.candidates}
+    reference = torch.load(best.val_predictions, weights_only=False)
+    scores = {best.number: reference["scores"]}
+    for r in outcome.ranked():
+        if r.number == best.number or not r.val_predictions or options.get(r.arch) != options.get(
+                best.arch) or not Path(r.val_predictions).is_file():
+            continue  # an ensemble shares one input pipeline (tokenizer): the best trial's
+        saved = torch.load(r.val_predictions, weights_only=False)
+        if np.array_equal(saved["rows"], reference["rows"]):
+            scores[r.number] = saved["scores"]
+    if len(scores) < 2:
+        return alone
+    spec = dm.prepare()
+
+    def metric(s: Any, t: Any) -> float:
+        return float(family_cls.monitor_value(s, t, spec, task.monitor))
+
+    found = greedy_selection(scores, reference["targets"], metric,
+                             maximize=task.direction == "maximize", rounds=rounds,
+                             best=best.number)
+    parent = tracker.parent_id
+    assert parent is not None
+    tracker.log_metrics(parent, {f"ensemble_{task.monitor}": found.value,
+                                 f"single_{task.monitor}": found.single})
+    if len(found.weights) < 2:
+        console.print(f"Ensemble: no mix of the {len(scores)} trials beats trial {best.number} "
+                      f"alone on validation ({task.monitor} {found.single:.4f}); it is the model",
+                      soft_wrap=True)
+        return alone
+    console.print(f"Ensemble: {found.describe()} reaches {task.monitor} {found.value:.4f} on "
+                  f"validation, trial {best.number} alone {found.single:.4f} (greedy selection "
+                  f"over {len(scores)} trials, {rounds} rounds); the ensemble is the model",
+                  soft_wrap=True)
+    tracker.set_tags(parent, {"archselect.ensemble": found.describe()})
+    return found.weights, found.value
+
+
+def _better(a: float, b: float, direction: str) -> bool:
+    """Whether ``a`` is better than ``b`` in ``direction``."""
+    return a > b if direction == "maximize" else a < b
+
+
+def _compare(test: dict[str, float], reference: Reference, metric: str, direction: str) -> str:
+    """How the final model compares with the reference on the test split, in one phrase."""
+    mine, theirs = test.get(metric), reference.test_metrics.get(metric)
+    if mine is None or theirs is None:
+        return ""
+    gap = abs(mine - theirs)
+    verb = ("beats" if _better(mine, theirs, direction) else
+            "ties with" if gap < 1e-9 else "trails")
+    by = "" if verb == "ties with" else f" by {gap:.4f}"
+    return (f"the final model {verb} the reference ({reference.name}){by} on test {metric} "
+            f"({mine:.4f} vs {theirs:.4f})")
+
+
+def _refit(record: TrialRecord, selection: Selection, dm: BaseDataModule, hw: HardwareProfile,
+           family_cls: Any, settings: TrialSettings, console: Console) -> str:
+    """Train trial ``record``'s configuration again on train + val, for about the epochs its
+    best validation came after; returns the checkpoint (kept: a rerun of the finish reuses it)."""
+    folder = settings.checkpoints / f"refit-{record.number}"
+    last = folder / "last.ckpt"
+    if last.is_file():
+        return str(last)
+    cand = next(c for c in selection.candidates if c.name == record.arch)
+    config = Configuration.of(cand, record.params)
+    epochs = (round(float(np.mean(record.best_epochs))) + 1 if record.best_epochs
+              else max(record.epochs, 1))
+    n_pool = sum(dm.pool_sizes())
+    with console.status(f"Refitting trial {record.number} ({record.arch}) on train + val "
+                        f"({n_pool} samples, {epochs} epochs)..."):
+        fitted = fit(config, dm=dm, view=View.everything(n_pool), settings=settings, hw=hw,
+                     family_cls=family_cls, folder=folder / "tmp",
+                     seed=settings.seed + record.number,
+                     batch_size=int(config.optim["batch_size"]), epochs=epochs, validate=False)
+    assert fitted.checkpoint is not None
+    fitted.checkpoint.replace(last)  # whole, or not there: a killed refit is done again
+    shutil.rmtree(folder / "tmp", ignore_errors=True)
+    console.print(f"Refit: trial {record.number} ({record.arch}) trained again on train + val "
+                  f"({n_pool} samples) for {epochs} epochs", soft_wrap=True)
+    return str(last)
+
+
+def _register(done: Finished, members: list[Member], family_cls: Any, dm: BaseDataModule,
+              tracker: Tracker, console: Console, tracking: TrackingConfig, metric: str,
+              direction: str, data_hash: str, reference: Reference | None = None) -> None:
+    """Log the final model (its members, or the ``reference``) as a pyfunc and register it
+    (once: a rerun finds its version), then move the champion alias when it beats the holder."""
+    import joblib
+    from mlflow.models import infer_signature
+
+    from archselect.references import ReferenceModel
+    from archselect.serving import ServedModel, pip_requirements
+
+    parent = tracker.parent_id
+    assert parent is not None
+    if reference is not None:
+        key = "reference" + ("+refit" if done.refit else "")
+    else:
+        key = "+".join(f"{m.record.number}" + ("" if len(members) == 1 else f":{m.weight:.3f}")
+                       for m in members) + ("+refit" if done.refit else "")
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = dm.serving_bundle(best.checkpoint, Path(tmp))
+        bundle = dm.serving_bundle(members[0].checkpoint if members else "", Path(tmp))
         # Classifiers answer params={"probabilities": "all"} with every class's probability.
         params = {"probabilities": "top"} if bundle.codec.class_names else None
         with warnings.catch_warnings(record=True):  # MLflow's hint on integer columns
@@ -118,30 +313,36 @@ def finish(best: TrialRecord, *, dm: BaseDataModule, hw: HardwareProfile, tracke
         if bundle.input_schema is not None:
             signature.inputs = bundle.input_schema
         # A rerun of a finished (or half-finished) study finds the version it registered.
-        found = (tracker.registered_version(tracking.model_name, parent, best.number)
+        found = (tracker.registered_version(tracking.model_name, parent, key)
                  if tracking.register else None)
         if found is not None:
             done.model_version = found
             done.model_uri = f"models:/{tracking.model_name}/{found}"
-            console.print(f"Model: version {found} of {tracking.model_name} already holds trial "
-                          f"{best.number} of this study; not registered again", soft_wrap=True)
+            console.print(f"Model: version {found} of {tracking.model_name} already holds "
+                          f"{done.model_name} of this study; not registered again",
+                          soft_wrap=True)
         else:
-            with console.status("Logging and registering the best model..."):
+            checkpoints = {("checkpoint" if i == 0 else f"checkpoint_{i}"): m.checkpoint
+                           for i, m in enumerate(members)}
+            served: Any = ServedModel(family_cls, bundle.codec,
+                                      weights=[m.weight for m in members])
+            if reference is not None:
+                joblib.dump(reference.model, Path(tmp) / "reference.joblib")
+                checkpoints = {"reference": str(Path(tmp) / "reference.joblib")}
+                served = ReferenceModel(bundle.codec, classes=bool(bundle.codec.class_names))
+            with console.status("Logging and registering the final model..."):
                 done.model_uri, done.model_version = tracker.log_model(
-                    ServedModel(family_cls, bundle.codec),
-                    artifacts={"checkpoint": best.checkpoint, **bundle.artifacts},
+                    served,
+                    artifacts={**checkpoints, **bundle.artifacts},
                     signature=signature, input_example=bundle.input_example,
                     code_paths=[str(Path(__file__).parent)], pip_requirements=pip_requirements(),
                     register_as=tracking.model_name if tracking.register else None,
-                    trial=best.number,
+                    trial=key,
                 )
     if done.model_version is not None:
-        done.champion = _crown(tracker, tracking, done, metric, metric_direction, spec.data_hash)
+        done.champion = _crown(tracker, tracking, done, metric, direction, data_hash)
         tracker.set_tags(parent, {"archselect.champion": done.champion})
         console.print(f"Champion: {done.champion}", soft_wrap=True)
-    if export.onnx:
-        done.onnx_uri = _export_onnx(module, dm, tracker, console, export.onnx_tolerance)
-    return done
 
 
 def _worse_than_baseline(done: Finished, metric: str, direction: str) -> str | None:

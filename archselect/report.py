@@ -10,7 +10,7 @@ from rich.table import Table
 
 from archselect.data.base import DataSpec
 from archselect.hardware import HardwareProfile
-from archselect.search.trials import StudyOutcome, TrialRecord
+from archselect.search.trials import StudyOutcome
 from archselect.secrets import mask_secrets
 from archselect.selector import Selection
 
@@ -63,16 +63,18 @@ def trial_line(console: Console, monitor: str, prefix: str = "") -> Any:
     return on_trial
 
 
-def summary_line(outcome: StudyOutcome, best: TrialRecord, test: dict[str, float],
+def summary_line(outcome: StudyOutcome, model: str, test: dict[str, float],
                  model_name: str, model_version: int | None, model_uri: str | None,
-                 tracking_uri: str, experiment: str) -> str:
-    """The last line: time, what stopped the study, the best model, where it is, the dashboard."""
+                 tracking_uri: str, experiment: str, comparison: str = "") -> str:
+    """The last line: time, what stopped the study, the final model (``model``: what was tested)
+    and its test metrics, how it compares with the reference, where it is, the dashboard."""
     registered = (f"Model registered as [bold]{model_name}[/] version {model_version}. "
                   if model_version else
                   f"Model logged at {model_uri} (tracking.register=false). ")
     return (f"[bold green]Done[/] in {outcome.elapsed_s:.0f}s (stopped by {outcome.stopped_by}). "
-            f"Best: trial {best.number} {best.arch}, test "
-            + ", ".join(f"{k} {v:.4f}" for k, v in test.items()) + ". " + registered
+            f"Final model: {model}, test "
+            + ", ".join(f"{k} {v:.4f}" for k, v in test.items()) + ". "
+            + (f"{comparison[:1].upper()}{comparison[1:]}. " if comparison else "") + registered
             + dashboard_hint(tracking_uri, experiment))
 
 
@@ -120,14 +122,27 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def leaderboard(outcome: StudyOutcome, monitor: str) -> list[dict[str, Any]]:
-    """Trials ranked by their monitored value (completed first), as plain rows."""
-    reverse = outcome.direction == "maximize"
-    done = sorted((r for r in outcome.records if r.value is not None),
-                  key=lambda r: float(r.value), reverse=reverse)  # type: ignore[arg-type]
-    rest = sorted((r for r in outcome.records if r.value is None), key=lambda r: r.number)
+def leaderboard(outcome: StudyOutcome, monitor: str, reference: Any = None
+                ) -> list[dict[str, Any]]:
+    """Trials ranked by their monitored value (completed first; ties by validation loss, then
+    fewer parameters), as plain rows; the classical ``reference`` (if any) as a row of its own
+    where its validation value ranks it (it holds no rank: it is not a trial)."""
+    done = outcome.ranked()
+    rest = sorted((r for r in outcome.records if r not in done), key=lambda r: r.number)
     rows = []
+    ref_row = None
+    if reference is not None:
+        ref_row = {"rank": "", "trial": "ref", "arch": "reference: " + reference.name,
+                   "params": f"{reference.setting} (picked on validation)",
+                   monitor: round(float(reference.val_value), 4),
+                   "state": "REFERENCE", "epochs": "", "seconds": round(reference.seconds, 1),
+                   "n_params": None, "reason": ""}
+    maximize = outcome.direction == "maximize"
     for rank, r in enumerate([*done, *rest], 1):
+        if ref_row is not None and (r.value is None or (
+                reference.val_value > r.value if maximize else reference.val_value < r.value)):
+            rows.append(ref_row)
+            ref_row = None
         rows.append({
             "rank": rank if r.value is not None else "",
             "trial": r.number, "arch": r.arch + (" (baseline)" if r.baseline else ""),
@@ -136,6 +151,8 @@ def leaderboard(outcome: StudyOutcome, monitor: str) -> list[dict[str, Any]]:
             "state": r.state, "epochs": r.epochs, "seconds": round(r.duration_s, 1),
             "n_params": r.n_params, "reason": r.reason or "",
         })
+    if ref_row is not None:
+        rows.append(ref_row)
     return rows
 
 
@@ -146,21 +163,27 @@ def print_leaderboard(console: Console, rows: list[dict[str, Any]], monitor: str
         table.add_column(col, overflow="fold")
     for r in rows:
         state = r["state"] + (f" ({r['reason'][:60]})" if r["reason"] else "")
-        table.add_row(str(r["rank"]), str(r["trial"]), r["arch"], r["params"],
-                      "" if r[monitor] is None else f"{r[monitor]:.4f}", state, str(r["epochs"]),
-                      f"{r['seconds']:.0f}s")
+        cells = (str(r["rank"]), str(r["trial"]), r["arch"], r["params"],
+                 "" if r[monitor] is None else f"{r[monitor]:.4f}", state, str(r["epochs"]),
+                 f"{r['seconds']:.0f}s")
+        table.add_row(*(f"[italic]{c}[/]" for c in cells) if r["state"] == "REFERENCE"
+                      else cells)
     console.print(table)
 
 
-def print_test(console: Console, best: TrialRecord, test: dict[str, float], baseline_name: str,
-               baseline: dict[str, float]) -> None:
-    table = Table(title=f"Test split: best trial {best.number} ({best.arch}) vs {baseline_name}",
-                  title_justify="left")
+def print_test(console: Console, model: str, test: dict[str, float], baseline_name: str,
+               baseline: dict[str, float], reference: dict[str, float] | None = None) -> None:
+    """The final model's test metrics beside the trivial baseline's and the classical
+    reference's (``model`` names what was tested)."""
+    table = Table(title=f"Test split: {model}", title_justify="left")
     table.add_column("metric")
-    table.add_column("best model")
+    table.add_column("final model")
+    if reference is not None:
+        table.add_column("reference")
     table.add_column(baseline_name)
     for k, v in test.items():
-        table.add_row(k, f"{v:.4f}", f"{baseline.get(k, float('nan')):.4f}")
+        ref = [f"{reference.get(k, float('nan')):.4f}"] if reference is not None else []
+        table.add_row(k, f"{v:.4f}", *ref, f"{baseline.get(k, float('nan')):.4f}")
     console.print(table)
 
 

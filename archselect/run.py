@@ -47,6 +47,15 @@ class RunResult:
     outcome: StudyOutcome | None = None
     test_metrics: dict[str, float] = field(default_factory=dict)
     baseline_name: str = ""
+    #: what was tested and registered: ``trial 3 (mlp)``, or an ensemble's members and weights
+    final_model: str = ""
+    #: trial number -> weight of the final model's members
+    weights: dict[int, float] = field(default_factory=dict)
+    #: the row's classical reference and its test metrics (``selector.references``)
+    reference_name: str = ""
+    reference_metrics: dict[str, float] = field(default_factory=dict)
+    #: how the final model compares with the reference on the test split (one phrase)
+    comparison: str = ""
     baseline_metrics: dict[str, float] = field(default_factory=dict)
     parent_run_id: str | None = None
     model_uri: str | None = None
@@ -107,7 +116,8 @@ def prepare(conf: ArchselectConfig, console: Console) -> Prepared:
             dm = open_data(task.data_kind, family_cls)
             spec = dm.prepare()
     hw = profile_hardware(conf.trainer.accelerator, conf.trainer.precision)
-    selection = select(task, conf.selector, conf.arch, conf.search.max_epochs, spec, hw, notes)
+    selection = select(task, conf.selector, conf.arch, conf.search.max_epochs, spec, hw, notes,
+                       refit=conf.search.refit)
     return Prepared(family_cls, dm, spec, hw, selection)
 
 
@@ -187,13 +197,8 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
     """The part that writes: open the stores, search, finish (test, register), report."""
     from archselect.finish import finish, log_optuna_plots
     from archselect.search import workers
-    from archselect.search.objective import (
-        Objective,
-        SearchProgress,
-        TrialSettings,
-        checkpoint_folder,
-        study_key,
-    )
+    from archselect.search.fit import TrialSettings
+    from archselect.search.objective import Objective, SearchProgress, checkpoint_folder, study_key
     from archselect.search.storage import check_storage
     from archselect.search.study import open_study, run_search, sampler_and_pruner
     from archselect.search.trials import records
@@ -237,6 +242,9 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
                                         conf.runs_dir, study_name, search.storage))
         objective = Objective(settings, study_name, selection, dm, hw, tracker, family_cls,
                               SearchProgress())
+        reference = None
+        if conf.selector.references:
+            reference = _reference(prep, objective, settings, tracker, console)
         console.rule(f"Search: up to {search.n_trials} trials, timeout {search.timeout}s"
                      + (f", {search.n_workers} workers" if search.n_workers > 1 else ""))
         with workers.spawned(search.n_workers, OmegaConf.to_yaml(cfg, resolve=True), study_name,
@@ -248,7 +256,7 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
         if procs:  # the other workers' last trials ended after this one's loop
             outcome.records = records(study)
         result.outcome = outcome
-        rows = report.leaderboard(outcome, task.monitor)
+        rows = report.leaderboard(outcome, task.monitor, reference)
         report.print_leaderboard(console, rows, task.monitor)
         tracker.log_text(report.leaderboard_csv(rows), "leaderboard/leaderboard.csv")
         tracker.log_text(report.leaderboard_html(rows, study_name, task.monitor),
@@ -281,13 +289,19 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
                               "one ran its trials and stops here.", soft_wrap=True)
                 status = "RUNNING"
                 return
-            done = finish(best, dm=dm, hw=hw, tracker=tracker, console=console,
-                          family_cls=family_cls, monitor=task.monitor, direction=task.direction,
-                          tracking=conf.tracking, export=conf.export)
+            done = finish(outcome, selection=selection, dm=dm, hw=hw, tracker=tracker,
+                          console=console, family_cls=family_cls, settings=settings,
+                          tracking=conf.tracking, export=conf.export,
+                          ensemble_rounds=search.ensemble_rounds, reference=reference,
+                          register_references=conf.selector.register_references)
         result.test_metrics, result.baseline_name = done.test_metrics, done.baseline_name
         result.baseline_metrics, result.model_uri = done.baseline_metrics, done.model_uri
         result.model_version, result.champion = done.model_version, done.champion
         result.onnx_uri = done.onnx_uri
+        result.final_model, result.weights = done.model_name, done.weights
+        result.reference_name = reference.name if reference is not None else ""
+        result.reference_metrics = dict(reference.test_metrics) if reference is not None else {}
+        result.comparison = done.comparison
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -296,10 +310,36 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
         if status != "RUNNING":
             with suppress(Exception):  # a store that failed cannot record the end either
                 tracker.end_study(status)
-    console.print(report.summary_line(outcome, best, result.test_metrics, conf.tracking.model_name,
-                                      result.model_version, result.model_uri, conf.tracking.uri,
-                                      conf.tracking.experiment),
+    console.print(report.summary_line(outcome, result.final_model, result.test_metrics,
+                                      conf.tracking.model_name, result.model_version,
+                                      result.model_uri, conf.tracking.uri,
+                                      conf.tracking.experiment, result.comparison),
                   soft_wrap=True)  # one line, so the command can be copied
+
+
+def _reference(prep: Prepared, objective: Any, settings: Any, tracker: Any,
+               console: Console) -> Any:
+    """The row's classical reference, fitted on the rows the trials are scored on (read back
+    when the study resumes), said in one line and logged to the parent run."""
+    from archselect.references import study_reference
+
+    task = prep.selection.task
+    with console.status("Fitting the classical reference..."):
+        reference = study_reference(prep.dm, prep.family_cls, task, objective.views,
+                                    prep.selection.refit, settings.checkpoints)
+    if reference is None:
+        return None
+    spread = f" ± {reference.val_std:.4f} over the folds" if len(objective.views) > 1 else ""
+    console.print(f"Reference: {reference.name} ({reference.setting}): {task.monitor} "
+                  f"{reference.val_value:.4f} on "
+                  f"validation{spread} ({reference.seconds:.0f}s); not a candidate, shown beside "
+                  "the networks", soft_wrap=True)
+    parent = tracker.parent_id
+    tracker.set_tags(parent, {"archselect.reference": reference.name})
+    tracker.log_metrics(parent, {f"reference_{task.monitor}": reference.val_value,
+                                 **{f"reference_test_{k}": v
+                                    for k, v in reference.test_metrics.items()}})
+    return reference
 
 
 def _log_dataset(tracker: Any, data: dict[str, Any], spec: DataSpec) -> None:

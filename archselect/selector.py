@@ -86,13 +86,18 @@ class Selection:
     candidates: list[Candidate]
     dropped: dict[str, str]
     notes: list[str]
+    #: folds of the cross-validation every trial is scored by (1: the one validation split)
+    folds: int = 1
+    #: whether the chosen model(s) are trained again on train + val before the test
+    refit: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"task": self.task.name, "family": self.task.family,
                "description": self.task.description, "monitor": self.task.monitor,
                "direction": self.task.direction,
                "candidates": [asdict(c) for c in self.candidates],
-               "dropped": dict(self.dropped), "notes": list(self.notes)}
+               "dropped": dict(self.dropped), "notes": list(self.notes),
+               "folds": self.folds, "refit": self.refit}
         for c, cand in zip(out["candidates"], self.candidates, strict=True):
             c["space"] = {k: p.describe() for k, p in cand.space.items()}
         return out
@@ -181,8 +186,43 @@ def _size_rules(rules: RulesConfig, spec: DataSpec) -> list[SizeRule]:
             and n_train < r.min_train_samples]
 
 
+def validation_rules(rules: RulesConfig, spec: DataSpec, refit: bool | None
+                     ) -> tuple[int, bool, list[str]]:
+    """How trials are scored and the final model trained, by the size of train + val: the folds
+    of ``selector.rules.cross_validation`` (1: the validation split), whether to refit
+    (``search.refit``, or ``selector.rules.refit`` when it is null), and the notes saying why."""
+    splits = spec.profile.get("splits", {})
+    n_pool = int(splits.get("train", 0)) + int(splits.get("val", 0))
+    unit = {"series": "windows", "sequences": "series", "text": "texts",
+            "image": "images"}.get(spec.kind, "rows")
+    notes: list[str] = []
+    folds = 1
+    cv = rules.cross_validation
+    if cv is not None and n_pool <= cv.max_samples:
+        folds = cv.series_folds if spec.kind == "series" else cv.folds
+        if folds > 1:
+            how = (f"rolling-origin validation over {folds} origins" if spec.kind == "series"
+                   else f"{folds}-fold {'stratified ' if spec.num_classes else ''}"
+                   "cross-validation")
+            notes.append(f"small data: {n_pool} train + val {unit} (<= {cv.max_samples}): each "
+                         f"trial is scored by {how}, its value the mean over the folds, instead "
+                         f"of one validation split of {splits.get('val', 0)}")
+        folds = max(folds, 1)
+    if refit is None:
+        refit = rules.refit is not None and n_pool <= rules.refit.max_samples
+        why = (f"{n_pool} train + val {unit} (<= {rules.refit.max_samples})"
+               if refit and rules.refit is not None else "")
+    else:
+        why = f"search.refit={str(refit).lower()}"
+    if refit:
+        notes.append(f"refit: {why}: the chosen model is trained again on train + val for the "
+                     "epochs the search found, then tested")
+    return folds, refit, notes
+
+
 def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], max_epochs: int,
-           spec: DataSpec, hw: HardwareProfile, notes: list[str] | None = None) -> Selection:
+           spec: DataSpec, hw: HardwareProfile, notes: list[str] | None = None, *,
+           refit: bool | None = False) -> Selection:
     """Choose the candidates for this task, data and machine, with a reason for each decision.
 
     Args:
@@ -193,10 +233,21 @@ def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], ma
         spec: the data profile.
         hw: the hardware profile.
         notes: notes of rules that already fired (e.g. a task switch), reported first.
+        refit: ``search.refit`` (None: by ``selector.rules.refit``).
 
     Raises:
         ConfigError: for an unknown candidate, a bad range or model.
     """
+    if selector.register_references and not selector.references:
+        raise ConfigError("selector.register_references", "needs the references fitted",
+                          given=True, fix="set selector.references=true, or "
+                          "selector.register_references=false")
+    if selector.register_references and spec.kind == "series":
+        raise ConfigError("selector.register_references", "is not available for forecasting "
+                          "yet: the served forecaster is a network that reads a window, while "
+                          "ETS refits on the whole history", given=True,
+                          fix="set selector.register_references=false (ETS is still fitted and "
+                          "shown beside the networks)")
     names: list[str] = list(task.candidates)
     notes = list(notes or [])
     dropped: dict[str, str] = {}
@@ -285,5 +336,7 @@ def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], ma
         notes.append(f"{len(hw.gpus)} GPU(s), precision {hw.precision}")
     else:
         notes.append(f"CPU only ({hw.cpu_cores} cores), precision {hw.precision}")
-    return Selection(task=task, candidates=candidates, dropped=dropped, notes=notes)
+    folds, do_refit, more = validation_rules(rules, spec, refit)
+    return Selection(task=task, candidates=candidates, dropped=dropped, notes=[*notes, *more],
+                     folds=folds, refit=do_refit)
 

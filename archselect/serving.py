@@ -131,23 +131,29 @@ class _Quiet(PythonModel):
 
 
 class ServedModel(_Quiet):
-    """The registered model: a task family's checkpoint behind a data kind's codec.
+    """The registered model: a task family's checkpoint (or an ensemble's checkpoints and
+    weights) behind a data kind's codec.
 
-    Artifacts: ``checkpoint`` (the Lightning checkpoint) and whatever the codec names.
+    Artifacts: ``checkpoint`` (the Lightning checkpoint; an ensemble's further members are
+    ``checkpoint_1``, ``checkpoint_2``, ...) and whatever the codec names.
 
     Args:
-        family_cls: the LightningModule class that wrote the checkpoint.
+        family_cls: the LightningModule class that wrote the checkpoints.
         codec: the data kind's encoder/decoder, with its settings.
+        weights: each member's weight (one member: ``[1.0]``).
     """
 
-    def __init__(self, family_cls: type, codec: Codec) -> None:
+    def __init__(self, family_cls: type, codec: Codec, weights: list[float] | None = None
+                 ) -> None:
         self.family_cls = family_cls
         self.codec = codec
-        self.module: Any = None
+        self.weights = list(weights or [1.0])
+        self.modules: list[Any] = []
 
     def load_context(self, context: Any) -> None:
-        self.module = self.family_cls.load_from_checkpoint(  # type: ignore[attr-defined]
-            context.artifacts["checkpoint"], map_location="cpu").eval()
+        names = ["checkpoint", *(f"checkpoint_{i}" for i in range(1, len(self.weights)))]
+        self.modules = [self.family_cls.load_from_checkpoint(  # type: ignore[attr-defined]
+            context.artifacts[n], map_location="cpu").eval() for n in names]
         self.codec.load(dict(context.artifacts))
 
     # No annotations: MLflow would read predict()'s type hints as a schema; the logged signature
@@ -155,6 +161,12 @@ class ServedModel(_Quiet):
     def predict(self, context, model_input, params=None):
         batches, keys = self.codec.encode(as_frame(model_input))
         with torch.inference_mode():
-            outputs = [self.module(**batch).float() for batch in batches]
+            outputs = [self._forward(batch) for batch in batches]
         return self.codec.decode(torch.cat(outputs) if outputs else torch.zeros(0), keys, params)
+
+    def _forward(self, batch: Batch) -> torch.Tensor:
+        outputs = [m(**batch).float() for m in self.modules]
+        if len(outputs) == 1:
+            return outputs[0]
+        return self.family_cls.combine_outputs(outputs, self.weights)  # type: ignore[attr-defined]
 

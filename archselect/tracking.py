@@ -229,15 +229,17 @@ class Tracker:
                                                                                    "KILLED")
         self.client.set_terminated(run_id, status=status)
 
-    def epoch_logger(self, run_id: str) -> EpochLogger:
-        return EpochLogger(self, run_id)
+    def epoch_logger(self, run_id: str, *, step_offset: int = 0,
+                     latency: bool = True) -> EpochLogger:
+        return EpochLogger(self, run_id, step_offset=step_offset, latency=latency)
 
     # -- model ----------------------------------------------------------------------------
     def log_model(self, python_model: Any, *, artifacts: dict[str, str], signature: Any,
                   input_example: Any, code_paths: list[str], pip_requirements: list[str],
-                  register_as: str | None, trial: int) -> tuple[str, int | None]:
-        """Log the best model (trial ``trial`` of the study) as a pyfunc under the parent run and
-        register it.
+                  register_as: str | None, trial: str) -> tuple[str, int | None]:
+        """Log the final model as a pyfunc under the parent run and register it; ``trial`` says
+        which trials it holds (``3``, ``3+refit``, ``3:0.600+5:0.400+refit``), so that a rerun
+        finds the version (``registered_version``).
 
         Returns:
             (model URI, registered version or None).
@@ -268,9 +270,10 @@ class Tracker:
         self.client.update_run(self.parent_id, status="RUNNING")
         return str(info.model_uri), version
 
-    def registered_version(self, model_name: str, run_id: str, trial: int) -> int | None:
-        """The version of ``model_name`` already registered for this trial of this study's parent
-        run, if any (a rerun of a finished or interrupted study finds it)."""
+    def registered_version(self, model_name: str, run_id: str, trial: str) -> int | None:
+        """The version of ``model_name`` already registered for this final model (``trial``, as
+        ``log_model`` tags it) of this study's parent run, if any (a rerun of a finished or
+        interrupted study finds it)."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -457,16 +460,20 @@ class EpochLogger(pl.Callback):
     """Logs each epoch's val metrics (after validation) and train metrics and learning rate
     (at the end of the training epoch) to a trial's child run, with the epoch as step."""
 
-    def __init__(self, tracker: Tracker, run_id: str) -> None:
+    def __init__(self, tracker: Tracker, run_id: str, *, step_offset: int = 0,
+                 latency: bool = True) -> None:
         self.tracker = tracker
         self.run_id = run_id
+        self.step_offset = step_offset  # fold f of a cross-validated trial logs from here
+        self.latency = latency
 
     def _log(self, trainer: pl.Trainer, prefix: str) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith(prefix) and v.numel() == 1}
         if prefix == "train" and trainer.optimizers:
             metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
-        self.tracker.log_metrics(self.run_id, metrics, step=trainer.current_epoch)
+        self.tracker.log_metrics(self.run_id, metrics,
+                                 step=self.step_offset + trainer.current_epoch)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -478,7 +485,7 @@ class EpochLogger(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The trained model's inference latency, on one validation batch."""
         datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is None:
+        if datamodule is None or not self.latency:
             return
         batch = next(iter(datamodule.val_dataloader()))
         self.tracker.log_metrics(self.run_id, measure_latency(pl_module, batch["inputs"]))

@@ -22,7 +22,8 @@ from archselect import report
 from archselect.config.errors import ArchselectError
 from archselect.config.validate import typed
 from archselect.run import prepare
-from archselect.search.objective import Objective, SearchProgress, TrialSettings, checkpoint_folder
+from archselect.search.fit import TrialSettings
+from archselect.search.objective import Objective, SearchProgress, checkpoint_folder
 from archselect.search.study import open_study, run_search
 from archselect.search.workers import PARENT_ENV, STUDY_ENV, WORKER_ENV, share_threads
 from archselect.tracking import Tracker

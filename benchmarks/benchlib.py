@@ -35,6 +35,10 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 # Every study a benchmark runs gets these: no bars in logs, nothing registered by accident.
 QUIET = ["trainer.progress_bar=false"]
+#: one fit per trial and nothing after the search but the test: what the trial-cost benchmarks
+#: time (no cross-validation, refit, ensemble or reference model)
+ONE_FIT = ["selector.rules.cross_validation=null", "search.refit=false",
+           "search.ensemble_rounds=0"]
 
 
 def machine() -> dict[str, Any]:

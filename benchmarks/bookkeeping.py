@@ -25,7 +25,8 @@ import benchlib
 ROW = ["task=image_classification", "data=digits", "selector.candidates=[cnn]",
        # every trial runs its full length: no pruner, no early stop
        "~search.pruner.n_startup_trials", "~search.pruner.n_warmup_steps",
-       "search.pruner._target_=optuna.pruners.NopPruner", "tracking.register=false"]
+       "search.pruner._target_=optuna.pruners.NopPruner", "tracking.register=false",
+       *benchlib.ONE_FIT]
 # Trial lengths on the development machine (digits CNN, ~0.25 s an epoch when quiet).
 CLASSES: dict[str, dict[str, int]] = {
     "1s": {"epochs": 4, "trials": 5},

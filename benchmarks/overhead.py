@@ -47,7 +47,7 @@ def archselect_trial(overrides: list[str], epochs: int, profile: dict[str, Any] 
         probe.wrap(pl.Trainer, "fit", "fit", region="fit")
         probe.wrap(Objective, "__call__", "trial")
         args = [*overrides, "search.n_trials=1", f"search.max_epochs={epochs}",
-                f"search.patience={epochs}", "tracking.register=false"]
+                f"search.patience={epochs}", "tracking.register=false", *benchlib.ONE_FIT]
         if profile is not None:
             probe.profile(Objective, "__call__", profile)
         result = benchlib.run_study(args, Path(tmp))

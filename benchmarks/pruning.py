@@ -16,7 +16,7 @@ import benchlib
 
 GOAL = 0.40
 ROW = ["task=tabular_classification", "data=breast_cancer", "search.max_epochs=40",
-       "tracking.register=false"]
+       "tracking.register=false", *benchlib.ONE_FIT]
 NO_PRUNER = ["~search.pruner.n_startup_trials", "~search.pruner.n_warmup_steps",
              "search.pruner._target_=optuna.pruners.NopPruner"]
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import benchlib
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -45,7 +46,7 @@ def one(n_workers: int, trials: int, epochs: int, threads: int | None = None) ->
                 "~search.pruner.n_startup_trials", "~search.pruner.n_warmup_steps",
                 f"search.n_workers={n_workers}", "search.study_name=bench",
                 f"search.storage=journal:///{journal}", "tracking.register=false",
-                "trainer.progress_bar=false", f"runs_dir={tmp}"]
+                "trainer.progress_bar=false", f"runs_dir={tmp}", *benchlib.ONE_FIT]
         load_before = os.getloadavg()[0]
         start = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "archselect", *args], cwd=tmp,

@@ -28,6 +28,8 @@ CHEAP = [
     "search.max_epochs=2",
     "search.patience=1",
     "trainer.progress_bar=false",
+    # One validation split: cross-validation multiplies every trial (tests/test_final.py has it)
+    "selector.rules.cross_validation.max_samples=0",
     "selector.rules.small_data.min_train_samples=50",
     "arch.lstm.model.hidden_size=32",
     "arch.lstm.model.embed_dim=32",

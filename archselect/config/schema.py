@@ -41,6 +41,8 @@ class SearchConfig:
     max_epochs: int = MISSING
     patience: int = MISSING
     enqueue_baselines: bool = MISSING
+    refit: bool | None = MISSING
+    ensemble_rounds: int = MISSING
     sampler: dict[str, Any] = MISSING
     pruner: dict[str, Any] = MISSING
 
@@ -158,6 +160,24 @@ class TaskSwitchRule:
 
 
 @dataclass
+class CrossValidationRule:
+    """Up to ``max_samples`` samples in train + val: each trial is scored by ``folds``-fold
+    cross-validation (``series_folds`` rolling origins for forecasting windows)."""
+
+    max_samples: int = MISSING
+    folds: int = MISSING
+    series_folds: int = MISSING
+
+
+@dataclass
+class RefitRule:
+    """Up to ``max_samples`` samples in train + val, the chosen model is trained again on both
+    (``search.refit=null``; true or false decides for every size)."""
+
+    max_samples: int = MISSING
+
+
+@dataclass
 class RulesConfig:
     """Every rule the selector knows; ``null`` turns one off."""
 
@@ -167,11 +187,15 @@ class RulesConfig:
     long_sequences: LongSequencesRule | None = MISSING
     tiny_images: TinyImagesRule | None = MISSING
     continuous_target: TaskSwitchRule | None = MISSING
+    cross_validation: CrossValidationRule | None = MISSING
+    refit: RefitRule | None = MISSING
 
 
 @dataclass
 class SelectorConfig:
     candidates: list[str] | None = MISSING
+    references: bool = MISSING
+    register_references: bool = MISSING
     table: dict[str, RowConfig] = MISSING
     rules: RulesConfig = field(default_factory=RulesConfig)
 

@@ -10,6 +10,7 @@ from the training span alone, and no training window reads a value of the valida
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from archselect.data.base import (
     BaseDataModule,
     DataSpec,
     ServingBundle,
+    View,
     any_columns,
     as_read,
     check_finite,
@@ -380,6 +382,25 @@ class SeriesDataModule(BaseDataModule):
         return ServingBundle(codec=codec, artifacts={}, input_example=example,
                              output_example=output,
                              input_schema=any_columns([*example.columns]))
+
+    def folds(self, k: int) -> list[View]:
+        """Rolling origin: ``k`` validation spans, each as long as the val span, ending with it;
+        fold ``j`` trains on the windows whose targets end before its span begins (no training
+        target is a validation target, none is later than it) and checks on the windows whose
+        targets lie inside it. The last fold is the plain train / val split; a fold that would
+        train on fewer than 10 windows is left out."""
+        spec = self.prepare()
+        origins = np.concatenate([self.origins["train"], self.origins["val"]])
+        a, b = self.bounds["val"]
+        span, h = b - a, spec.horizon
+        out = []
+        for j in range(k):
+            start = a - (k - 1 - j) * span
+            fit = np.flatnonzero(origins + h <= start)
+            check = np.flatnonzero((origins >= start) & (origins + h <= start + span))
+            if len(fit) >= 10 and len(check):
+                out.append(View(fit=fit, check=check))
+        return [replace(v, name=f"origin {i + 1}/{len(out)}") for i, v in enumerate(out)]
 
     def split_dataset(self, split: str) -> Dataset[Any]:
         self.prepare()

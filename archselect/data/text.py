@@ -434,9 +434,13 @@ class TextCodec(Codec):
         raw = self.tokenizer(texts, truncation=True, max_length=n)["input_ids"]
         return [list(x) for x in raw]
 
-    def encode(self, frame: pd.DataFrame) -> tuple[list[Batch], Any]:
+    def texts(self, frame: pd.DataFrame) -> list[str]:
+        """The texts of the user's rows: the training column, or ``text``, or the only column."""
         column = first_present(frame, [self.column, TEXT_COLUMN], "text")
-        ids = self._ids(["" if pd.isna(x) else str(x) for x in frame[column].tolist()])
+        return ["" if pd.isna(x) else str(x) for x in frame[column].tolist()]
+
+    def encode(self, frame: pd.DataFrame) -> tuple[list[Batch], Any]:
+        ids = self._ids(self.texts(frame))
         batches = []
         for i in range(0, len(ids), 64):
             rows = [(torch.tensor(x), torch.tensor(0)) for x in ids[i : i + 64]]

@@ -1,23 +1,32 @@
-"""One trial: pick an architecture and its hyperparameters, one Lightning fit, one MLflow run."""
+"""One trial: pick an architecture and its hyperparameters, one Lightning fit (or one per fold of
+a cross-validation), one MLflow run."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import time
-import warnings
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
+import torch
 
-from archselect.config.schema import SearchConfig, TrainerConfig
-from archselect.data.base import BaseDataModule
+from archselect.data.base import BaseDataModule, View
 from archselect.hardware import HardwareProfile
 from archselect.hashing import stable_hash
+from archselect.search.fit import (
+    Configuration,
+    Fitted,
+    FoldPruning,
+    TrialSettings,
+    fit,
+    load_weights,
+    predict,
+)
 from archselect.search.progress import StudyProgressBar
 from archselect.search.storage import worker_id
 from archselect.search.trials import (
@@ -30,39 +39,9 @@ from archselect.search.trials import (
     fail_reason,
     taken,
 )
-from archselect.selector import Candidate, Selection
+from archselect.selector import Selection
 from archselect.space import suggest
 from archselect.tracking import Tracker
-
-
-@dataclass(frozen=True)
-class TrialSettings:
-    """What one trial reads of the config."""
-
-    n_trials: int
-    patience: int
-    seed: int
-    trial_timeout: float | None
-    monitor: str
-    mode: str
-    devices: Any
-    deterministic: bool
-    gradient_clip_val: float | None
-    num_workers: int
-    progress_bar: bool
-    limit_train_batches: float | None
-    checkpoints: Path
-
-    @classmethod
-    def of(cls, search: SearchConfig, trainer: TrainerConfig, *, monitor: str, mode: str,
-           seed: int, checkpoints: Path) -> TrialSettings:
-        """The settings from the ``search`` and ``trainer`` sections and the task's monitor."""
-        return cls(n_trials=search.n_trials, patience=search.patience, seed=seed,
-                   trial_timeout=search.trial_timeout, monitor=monitor, mode=mode,
-                   devices=trainer.devices, deterministic=trainer.deterministic,
-                   gradient_clip_val=trainer.gradient_clip_val, num_workers=trainer.num_workers,
-                   progress_bar=trainer.progress_bar,
-                   limit_train_batches=trainer.limit_train_batches, checkpoints=checkpoints)
 
 
 @dataclass
@@ -111,6 +90,9 @@ class Objective:
         self.tracker = tracker
         self.family_cls = family_cls
         self.progress = progress
+        #: the folds every trial fits (the selection's cross-validation), or the one plain split
+        self.views: list[View | None] = (list(datamodule.folds(selection.folds))
+                                         if selection.folds > 1 else [None])
 
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.settings
@@ -122,64 +104,65 @@ class Objective:
         arch = trial.suggest_categorical("arch", list(self.candidates))
         cand = self.candidates[str(arch)]
         values = suggest(trial, cand.name, cand.space)
-        model_kw, optim, data_opts = cand.split(values)
+        config = Configuration.of(cand, values)
         trial.set_user_attr("max_epochs", cand.max_epochs)
         try:
             run_id = self.tracker.start_trial(
                 self.study_name, trial.number, cand.name,
-                {**{f"model.{k}": v for k, v in model_kw.items()},
-                 **{f"optim.{k}": v for k, v in optim.items()},
-                 **{f"data.{k}": v for k, v in data_opts.items()}, "max_epochs": cand.max_epochs},
+                {**{f"model.{k}": v for k, v in config.model.items()},
+                 **{f"optim.{k}": v for k, v in config.optim.items()},
+                 **{f"data.{k}": v for k, v in config.data.items()}, "max_epochs": cand.max_epochs,
+                 **({"cv_folds": len(self.views)} if len(self.views) > 1 else {})},
             )
         except Exception as exc:
             raise self._environment(trial, None, exc) from exc
         trial.set_user_attr("mlflow_run_id", run_id)
         start = time.monotonic()
-        trainer = None
+        epochs_run = 0
         try:
-            batch_size, accumulate = int(optim["batch_size"]), 1
-            while True:
-                try:
-                    trainer, ckpt = self._fit(trial, cand, model_kw, optim, data_opts, run_id,
-                                              batch_size, accumulate)
+            folds: list[dict[str, Any]] = []
+            for f, view in enumerate(self.views):
+                left = (None if s.trial_timeout is None
+                        else s.trial_timeout - (time.monotonic() - start))
+                if left is not None and left <= 0:
                     break
-                except Exception as exc:
-                    if not (cuda_oom(exc) and accumulate == 1 and batch_size > 1):
-                        raise
-                    # Once: half the batch, twice the accumulation, the same effective batch.
-                    note = (f"CUDA out of memory at batch size {batch_size}; retried at "
-                            f"{batch_size // 2} with gradient accumulation 2")
-                    trial.set_user_attr("oom_retry", note)
-                    self.tracker.set_tags(run_id, {"archselect.oom_retry": note})
-                    self._free_memory(trial.number)
-                    batch_size, accumulate = batch_size // 2, 2
+                fitted = self._fit_fold(trial, config, run_id, f, view, left)
+                epochs_run += int(fitted.trainer.current_epoch)
+                best = fitted.best
+                if best is None or best.value is None or fitted.checkpoint is None:
+                    if s.trial_timeout is not None and time.monotonic() - start >= s.trial_timeout:
+                        if not folds:
+                            raise TimeoutError(f"search.trial_timeout ({s.trial_timeout:g}s) "
+                                               "reached before the trial's first validation")
+                        break
+                    raise FloatingPointError(f"{s.monitor} was never finite")
+                folds.append(self._fold_record(f, view, fitted))
+                if s.trial_timeout is not None and time.monotonic() - start >= s.trial_timeout:
+                    break
             fit_s = time.monotonic() - start
-            trial.set_user_attr("epochs", int(trainer.current_epoch))
+            trial.set_user_attr("epochs", epochs_run)
             trial.set_user_attr("duration_s", round(fit_s, 2))
-            score = ckpt.best_model_score
-            timed_out = s.trial_timeout is not None and fit_s >= s.trial_timeout
-            if timed_out and score is None:
-                raise TimeoutError(f"search.trial_timeout ({s.trial_timeout:g}s) reached "
-                                   "before the trial's first validation")
-            if score is None or not bool(score.isfinite()):
-                raise FloatingPointError(f"{s.monitor} was never finite")
-            if timed_out:
+            trial.set_user_attr("n_params", folds[0]["n_params"] if folds else 0)
+            if len(folds) < len(self.views) or (
+                    s.trial_timeout is not None and fit_s >= s.trial_timeout):
                 trial.set_user_attr("stopped_by", "search.trial_timeout")
-                raise optuna.TrialPruned(f"search.trial_timeout ({s.trial_timeout:g}s) "
-                                         f"stopped it after {int(trainer.current_epoch)} epochs")
-            value = float(score)
-            trial.set_user_attr("checkpoint", str(ckpt.best_model_path))
+                raise optuna.TrialPruned(
+                    f"search.trial_timeout ({s.trial_timeout:g}s) stopped it after {epochs_run} "
+                    "epochs" + (f" ({len(folds)} of {len(self.views)} folds)"
+                                if len(self.views) > 1 else ""))
+            value = self._keep(trial, folds)
             self.tracker.end_trial(run_id, "COMPLETE", metrics={
                 f"best_{s.monitor}": value, "n_params": float(trial.user_attrs["n_params"]),
-                "duration_s": fit_s, "epochs": trainer.current_epoch,
+                "duration_s": fit_s, "epochs": epochs_run,
+                **({f"cv_std_{s.monitor}": float(trial.user_attrs["value_std"])}
+                   if len(folds) > 1 else {}),
             })
             return value
         except optuna.TrialPruned as exc:
-            epochs = int(trainer.current_epoch) + 1 if trainer is not None else 0
-            trial.set_user_attr("epochs", epochs)
+            trial.set_user_attr("epochs", epochs_run + 1)
             trial.set_user_attr("duration_s", round(time.monotonic() - start, 2))
             self.tracker.end_trial(run_id, "PRUNED", reason=str(exc) or None, metrics={
-                "duration_s": time.monotonic() - start, "epochs": epochs})
+                "duration_s": time.monotonic() - start, "epochs": epochs_run + 1})
             self._drop_checkpoint(trial.number)
             raise
         except KeyboardInterrupt:
@@ -197,6 +180,86 @@ class Objective:
             self._drop_checkpoint(trial.number)
             raise TrialFailed(reason) from exc
 
+    def _fit_fold(self, trial: optuna.Trial, config: Configuration, run_id: str, fold: int,
+                  view: View | None, max_time: float | None) -> Fitted:
+        """One fit of the trial (fold ``fold`` of its cross-validation, or its only one); a CUDA
+        out-of-memory error is retried once at half the batch with twice the accumulation."""
+        s = self.settings
+        batch_size = int(trial.user_attrs.get("batch_size", config.optim["batch_size"]))
+        accumulate = int(trial.user_attrs.get("accumulate", 1))
+        offset = fold * config.max_epochs
+        while True:
+            callbacks: list[Any] = [self.tracker.epoch_logger(run_id, step_offset=offset,
+                                                              latency=fold == 0)]
+            if not trial.user_attrs.get("baseline"):
+                # Baselines are the reference each candidate gets: they run to the end.
+                callbacks.append(FoldPruning(trial, s.monitor, offset=offset))
+            if s.progress_bar:
+                callbacks.append(StudyProgressBar(self.progress.done, self.progress.total,
+                                                  self.progress.deadline))
+            try:
+                return fit(config, dm=self.datamodule, view=view, settings=s, hw=self.hw,
+                           family_cls=self.family_cls,
+                           folder=self._folder(trial.number) / f"fold-{fold}",
+                           seed=s.seed + trial.number, batch_size=batch_size,
+                           accumulate=accumulate, max_time=max_time, callbacks=callbacks)
+            except Exception as exc:
+                if not (cuda_oom(exc) and accumulate == 1 and batch_size > 1):
+                    raise
+                # Once: half the batch, twice the accumulation, the same effective batch.
+                note = (f"CUDA out of memory at batch size {batch_size}; retried at "
+                        f"{batch_size // 2} with gradient accumulation 2")
+                trial.set_user_attr("oom_retry", note)
+                self.tracker.set_tags(run_id, {"archselect.oom_retry": note})
+                self._free_memory(trial.number)
+                batch_size, accumulate = batch_size // 2, 2
+                trial.set_user_attr("batch_size", batch_size)
+                trial.set_user_attr("accumulate", accumulate)
+
+    def _fold_record(self, fold: int, view: View | None, fitted: Fitted) -> dict[str, Any]:
+        """What a fold leaves: its best value, epoch and metrics, and its validation predictions
+        with their rows of the pool (saved beside the checkpoint, for ensembles)."""
+        assert fitted.best is not None and fitted.checkpoint is not None
+        dm = self.datamodule
+        dm.view = view
+        try:
+            preds = predict(load_weights(fitted.module, fitted.checkpoint),
+                            dm.ordered_loader("check"), self.hw)
+        finally:
+            dm.view = None
+        n_train, n_val = dm.pool_sizes()
+        rows = view.check if view is not None else np.arange(n_train, n_train + n_val)
+        return {"fold": fold, "value": fitted.best.value, "epoch": fitted.best.epoch,
+                "metrics": fitted.best.metrics, "checkpoint": str(fitted.checkpoint),
+                "n_params": fitted.n_params, "rows": rows, "predictions": preds}
+
+    def _keep(self, trial: optuna.Trial, folds: list[dict[str, Any]]) -> float:
+        """The trial's value (the mean over its folds), its spread, best epochs and metrics as
+        user attributes; the best fold's checkpoint kept, the others removed; the validation
+        predictions of every fold saved in row order of the pool (``val_predictions.pt``)."""
+        values = np.array([f["value"] for f in folds], dtype=np.float64)
+        pick = int(values.argmax() if self.settings.mode == "max" else values.argmin())
+        trial.set_user_attr("checkpoint", folds[pick]["checkpoint"])
+        trial.set_user_attr("best_epochs", [int(f["epoch"]) for f in folds])
+        keys = set.intersection(*(set(f["metrics"]) for f in folds))
+        trial.set_user_attr("val_metrics", {k: round(float(np.mean([f["metrics"][k]
+                                                                   for f in folds])), 6)
+                                            for k in sorted(keys)})
+        trial.set_user_attr("value_std", round(float(values.std()), 6))
+        if len(folds) > 1:
+            trial.set_user_attr("fold_values", [round(float(v), 6) for v in values])
+        order = np.argsort(np.concatenate([f["rows"] for f in folds]), kind="stable")
+        saved = {"rows": np.concatenate([f["rows"] for f in folds])[order],
+                 **{k: torch.cat([getattr(f["predictions"], k) for f in folds])[order]
+                    for k in ("scores", "targets")}}
+        path = self._folder(trial.number) / "val_predictions.pt"
+        torch.save(saved, path)
+        trial.set_user_attr("val_predictions", str(path))
+        for i, f in enumerate(folds):
+            if i != pick:
+                shutil.rmtree(Path(f["checkpoint"]).parent, ignore_errors=True)
+        return float(values.mean())
+
     def _environment(self, trial: optuna.Trial, run_id: str | None,
                      exc: BaseException) -> EnvironmentFault:
         """The trial stopped by its environment: recorded (where the stores still answer) without
@@ -210,68 +273,8 @@ class Objective:
         self._drop_checkpoint(trial.number)
         return EnvironmentFault(reason)
 
-    def _fit(self, trial: optuna.Trial, cand: Candidate, model_kw: dict[str, Any],
-             optim: dict[str, Any], data_opts: dict[str, Any], run_id: str, batch_size: int,
-             accumulate: int) -> tuple[Any, Any]:
-        """One Lightning fit; returns the trainer and its checkpoint callback."""
-        import lightning.pytorch as pl
-        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-        from optuna_integration import PyTorchLightningPruningCallback
-
-        from archselect.architectures import count_parameters
-
-        s = self.settings
-        dm = self.datamodule
-        spec = dm.for_trial(cand.option, batch_size=batch_size, num_workers=s.num_workers,
-                            **data_opts)
-        pl.seed_everything(s.seed + trial.number, workers=True, verbose=False)
-        module = self.family_cls(
-            arch=cand.name, arch_kwargs=model_kw,
-            optim={"lr": optim["lr"], "weight_decay": optim["weight_decay"]},
-            spec=spec.to_dict(), max_epochs=cand.max_epochs,
-        )
-        trial.set_user_attr("n_params", count_parameters(module.model))
-        ckpt = ModelCheckpoint(dirpath=s.checkpoints / f"trial-{trial.number}",
-                               filename="best", monitor=s.monitor, mode=s.mode, save_top_k=1,
-                               save_weights_only=True)
-        callbacks: list[pl.Callback] = [
-            EarlyStopping(monitor=s.monitor, mode=s.mode, patience=s.patience),
-            ckpt,
-            self.tracker.epoch_logger(run_id),
-        ]
-        if not trial.user_attrs.get("baseline"):
-            # Baselines are the reference each candidate gets: they run to the end.
-            callbacks.append(PyTorchLightningPruningCallback(trial, monitor=s.monitor))
-        if s.progress_bar:
-            callbacks.append(StudyProgressBar(self.progress.done, self.progress.total,
-                                              self.progress.deadline))
-        n_batches = max(len(dm.train_dataloader()), 1)
-        trainer = pl.Trainer(
-            max_epochs=cand.max_epochs, accelerator=self.hw.accelerator,
-            # search.trial_timeout bounds one trial; it keeps the best checkpoint it reached.
-            max_time=(None if s.trial_timeout is None else timedelta(seconds=s.trial_timeout)),
-            devices=s.devices,
-            precision=self.hw.precision,  # type: ignore[arg-type]
-            deterministic=s.deterministic,
-            gradient_clip_val=s.gradient_clip_val,
-            accumulate_grad_batches=accumulate,
-            callbacks=callbacks, logger=False, enable_model_summary=False,
-            enable_progress_bar=s.progress_bar,
-            num_sanity_val_steps=0, log_every_n_steps=min(50, n_batches),
-            limit_train_batches=1.0 if s.limit_train_batches is None else s.limit_train_batches,
-            default_root_dir=str(s.checkpoints),
-        )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            warnings.filterwarnings("ignore", ".*isinstance.*LeafSpec.*")
-            try:
-                trainer.fit(module, datamodule=dm)
-            except SystemExit:
-                # Lightning turns Ctrl-C (and SIGTERM) into SystemExit after its own clean-up.
-                raise KeyboardInterrupt from None
-        if trainer.interrupted:
-            raise KeyboardInterrupt
-        return trainer, ckpt
+    def _folder(self, number: int) -> Path:
+        return self.settings.checkpoints / f"trial-{number}"
 
     def _free_memory(self, number: int) -> None:
         import gc
@@ -284,4 +287,4 @@ class Objective:
             torch.cuda.empty_cache()
 
     def _drop_checkpoint(self, number: int) -> None:
-        shutil.rmtree(self.settings.checkpoints / f"trial-{number}", ignore_errors=True)
+        shutil.rmtree(self._folder(number), ignore_errors=True)

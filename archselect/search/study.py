@@ -99,7 +99,9 @@ def open_study(search: SearchConfig, study_name: str, selection: Selection, spec
                 "monitor": task.monitor, "candidates": ",".join(
                     c.name for c in selection.candidates),
                 "space_hash": stable_hash({c.name: {k: p.describe() for k, p in c.space.items()}
-                                           for c in selection.candidates})}
+                                           for c in selection.candidates}),
+                "validation": (f"{selection.folds}-fold cross-validation" if selection.folds > 1
+                               else "one validation split")}
     if study_name in names:
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
                                   pruner=pruner)
@@ -209,6 +211,7 @@ def run_search(search: SearchConfig, study: optuna.Study, objective: Objective,
     elapsed = time.monotonic() - start
     outcome = StudyOutcome(study_name=study.study_name, storage=mask_secrets(search.storage),
                            direction=str(study.direction.name.lower()), records=records(study),
+                           monitor=objective.settings.monitor,
                            new_trials=loop.new, elapsed_s=elapsed,
                            stopped_by=loop.stopped_by, last_failure=loop.last)
     if (outcome.stopped_by == "search.n_trials" and counted(study) < target

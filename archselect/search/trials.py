@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,14 @@ class TrialRecord:
     reason: str | None = None
     n_params: int | None = None
     baseline: bool = False
+    #: validation metrics at the best epoch (the mean over the folds of a cross-validation)
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    #: the best epoch of each fold (a refit trains for about as many)
+    best_epochs: list[int] = field(default_factory=list)
+    #: the spread of the value over the folds (0 with one validation split)
+    value_std: float = 0.0
+    #: the saved validation predictions (for ensembles), if kept
+    val_predictions: str | None = None
 
 
 @dataclass
@@ -81,6 +90,8 @@ class StudyOutcome:
     storage: str
     direction: str
     records: list[TrialRecord] = field(default_factory=list)
+    #: the monitored metric (``val_f1``, ...): ties on it are broken by ``val_loss``
+    monitor: str = ""
     new_trials: int = 0
     stopped_by: str = "n_trials"
     elapsed_s: float = 0.0
@@ -93,11 +104,45 @@ class StudyOutcome:
 
     @property
     def best(self) -> TrialRecord | None:
+        """The completed trial with the best value; among trials tied on it, the one with the
+        lowest validation loss, then the one with fewer parameters (see ``ties``)."""
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
+
+    def ranked(self) -> list[TrialRecord]:
+        """Completed trials, best first: by value, then (for ties) validation loss, then
+        parameter count, then trial number."""
         done = [r for r in self.records if r.state == "COMPLETE" and r.value is not None]
-        if not done:
+        sign = -1.0 if self.direction == "maximize" else 1.0
+
+        def key(r: TrialRecord) -> tuple[float, float, float, int]:
+            loss = r.val_metrics.get("val_loss", math.inf) if self.monitor != "val_loss" else 0.0
+            # values equal to 9 significant digits tie (a metric of a few rows often does)
+            return (sign * round(float(r.value or 0.0), 9), loss,
+                    float(r.n_params if r.n_params is not None else math.inf), r.number)
+
+        return sorted(done, key=key)
+
+    @property
+    def ties(self) -> str | None:
+        """A line saying which trials tie on the best value and what broke the tie, or None."""
+        ranked = self.ranked()
+        if len(ranked) < 2:
             return None
-        pick = max if self.direction == "maximize" else min
-        return pick(done, key=lambda r: float(r.value))  # type: ignore[arg-type]
+        top = round(float(ranked[0].value or 0.0), 9)
+        tied = [r for r in ranked if round(float(r.value or 0.0), 9) == top]
+        if len(tied) < 2:
+            return None
+        first = tied[0]
+        names = ", ".join(str(r.number) for r in sorted(tied, key=lambda r: r.number))
+        by = []
+        if self.monitor != "val_loss" and "val_loss" in first.val_metrics:
+            by.append(f"the lowest val_loss ({first.val_metrics['val_loss']:.4f})")
+        if first.n_params is not None:
+            by.append(f"then fewer parameters ({first.n_params:,})")
+        return (f"trials {names} tie on {self.monitor or 'the value'} ({float(first.value or 0):.4f}, "
+                f"a saturated or coarse metric); trial {first.number} is chosen by "
+                + (" ".join(by) if by else "its number"))
 
 
 def counts(t: optuna.trial.FrozenTrial) -> bool:
@@ -157,5 +202,9 @@ def records(study: optuna.Study) -> list[TrialRecord]:
             epochs=int(t.user_attrs.get("epochs", 0)), checkpoint=t.user_attrs.get("checkpoint"),
             reason=reason, n_params=t.user_attrs.get("n_params"),
             baseline=bool(t.user_attrs.get("baseline")),
+            val_metrics=dict(t.user_attrs.get("val_metrics") or {}),
+            best_epochs=list(t.user_attrs.get("best_epochs") or []),
+            value_std=float(t.user_attrs.get("value_std") or 0.0),
+            val_predictions=t.user_attrs.get("val_predictions"),
         ))
     return out

@@ -89,6 +89,33 @@ class FamilyModule(pl.LightningModule):
         """Matplotlib figures of the best model on the test split, by artifact name."""
         return {}
 
+    # -- what ensembles and cross-validation ask of a family -----------------------------------
+    @staticmethod
+    def scores(outputs: torch.Tensor) -> torch.Tensor:
+        """Model outputs -> what an ensemble averages (class probabilities, or values)."""
+        return outputs
+
+    @classmethod
+    def decode_scores(cls, scores: torch.Tensor) -> torch.Tensor:
+        """Averaged scores -> predictions (class indices, or values)."""
+        return cls.decode(scores)
+
+    @staticmethod
+    def monitor_value(scores: torch.Tensor, targets: torch.Tensor, spec: DataSpec,
+                      monitor: str) -> float:
+        """The monitored validation metric (``val_f1``, ``val_rmse``, ...) of scores, as the
+        family's ``validation_step`` computes it over a whole split."""
+        raise NotImplementedError
+
+    @staticmethod
+    def combine_outputs(outputs: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+        """An ensemble's raw outputs from its members' (what the codec decodes): the weighted
+        mean, which is the weighted mean of values in the target's units (their scaling is
+        linear)."""
+        return sum((w * o for w, o in zip(weights, outputs, strict=True)),
+                   torch.zeros_like(outputs[0]))
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         # Loaders may group rows by length, so predictions travel with their targets.
-        return {"preds": self.decode(self.outputs(batch)), "targets": batch["target"]}
+        out = self.outputs(batch)
+        return {"preds": self.decode(out), "targets": batch["target"], "scores": self.scores(out)}

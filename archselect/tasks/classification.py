@@ -61,6 +61,34 @@ class ClassificationModule(FamilyModule):
                 "macro_f1": float(multiclass_f1_score(preds, targets, k, average="macro"))}
 
     @staticmethod
+    def scores(outputs: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(outputs.float(), -1)
+
+    @staticmethod
+    def monitor_value(scores: torch.Tensor, targets: torch.Tensor, spec: DataSpec,
+                      monitor: str) -> float:
+        from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+        k = spec.num_classes
+        if monitor == "val_loss":
+            return float(nn.functional.nll_loss(torch.log(scores.clamp_min(1e-12)), targets))
+        if monitor == "val_acc":
+            return float(multiclass_accuracy(scores, targets, k, average="micro"))
+        if monitor == "val_f1":
+            return float(multiclass_f1_score(scores, targets, k, average="macro"))
+        raise ValueError(f"task.monitor: {monitor!r} is not a classification metric "
+                         "(val_loss, val_acc, val_f1)")
+
+    @staticmethod
+    def combine_outputs(outputs: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+        # The weighted mean of the members' probabilities, as log-probabilities (the codec's
+        # softmax gives the probabilities back).
+        probs = sum((w * torch.softmax(o.float(), -1) for w, o in zip(weights, outputs,
+                                                                       strict=True)),
+                    torch.zeros_like(outputs[0], dtype=torch.float32))
+        return torch.log(probs.clamp_min(1e-12))
+
+    @staticmethod
     def trivial(train_targets: torch.Tensor, n: int, spec: DataSpec) -> tuple[str, torch.Tensor]:
         majority = int(torch.bincount(train_targets, minlength=spec.num_classes).argmax())
         return "majority class", torch.full((n,), majority, dtype=torch.long)

@@ -49,8 +49,9 @@ class ForecastingModule(RegressionModule):
         self.log("val_rmse", self.val_rmse, batch_size=len(y))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        return {"preds": self._window_units(self.outputs(batch), batch["offset"]),
-                "targets": self._window_units(batch["target"], batch["offset"])}
+        units = self._window_units(self.outputs(batch), batch["offset"])
+        return {"preds": units, "targets": self._window_units(batch["target"], batch["offset"]),
+                "scores": units}
 
     @staticmethod
     def decode(outputs: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,21 @@ class RegressionModule(FamilyModule):
         self.log("val_mae", self.val_mae, batch_size=len(y))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        return {"preds": self._units(self.outputs(batch)), "targets": self._units(batch["target"])}
+        units = self._units(self.outputs(batch))
+        return {"preds": units, "targets": self._units(batch["target"]), "scores": units}
+
+    @staticmethod
+    def monitor_value(scores: torch.Tensor, targets: torch.Tensor, spec: DataSpec,
+                      monitor: str) -> float:
+        err = scores.float() - targets.float()
+        if monitor == "val_rmse":
+            return float(err.pow(2).mean().sqrt())
+        if monitor == "val_mae":
+            return float(err.abs().mean())
+        if monitor == "val_loss":  # MSE on standardised values, as training computes it
+            return float((err / spec.target_std).pow(2).mean())
+        raise ValueError(f"task.monitor: {monitor!r} is not a regression metric "
+                         "(val_loss, val_rmse, val_mae)")
 
     @staticmethod
     def decode(outputs: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,187 @@
+"""Models that hold up on new data: cross-validation for small data (stratified folds, rolling
+origins), ties broken by validation loss, greedy ensemble selection, the refit on train + val, and
+the classical reference of every row (shown, and registered when asked and better)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+from helpers import compose_cfg, config_datamodule
+
+from archselect.config.errors import ConfigError
+from archselect.ensemble import combine, greedy_selection
+from archselect.references import fit_reference
+from archselect.run import run
+from archselect.search.trials import StudyOutcome, TrialRecord
+from archselect.selector import resolve_task
+from archselect.tasks import families
+
+IRIS = ["task=tabular_classification", "data=iris", "selector.candidates=[perceptron,mlp]"]
+# the defaults' cross-validation, which the cheap test config turns off
+CV = ["selector.rules.cross_validation.max_samples=2000"]
+
+
+def _dm(overrides: list[str], tmp_path: Path):  # type: ignore[no-untyped-def]
+    cfg = compose_cfg([*overrides, *CV], tmp_path)
+    dm = config_datamodule(cfg, tmp_path / "cache")
+    dm.prepare()
+    return cfg, dm
+
+
+# -- folds ---------------------------------------------------------------------------------------
+def test_folds_are_stratified_disjoint_and_cover_the_pool(tmp_path: Path) -> None:
+    _, dm = _dm(IRIS, tmp_path)
+    n_train, n_val = dm.pool_sizes()
+    y = dm.pool_targets().numpy()
+    folds = dm.folds(5)
+    assert len(folds) == 5
+    held = np.concatenate([f.check for f in folds])
+    assert sorted(held.tolist()) == list(range(n_train + n_val))  # every row held out once
+    for f in folds:
+        assert not set(f.fit.tolist()) & set(f.check.tolist())
+        assert len(f.fit) + len(f.check) == n_train + n_val
+        assert set(y[f.check].tolist()) == {0, 1, 2}  # every class in every fold
+
+
+def test_rolling_origins_never_train_on_a_target_they_check(tmp_path: Path) -> None:
+    _, dm = _dm(["task=time_series_forecasting", "data=airline"], tmp_path)
+    h = dm.prepare().horizon
+    origins = np.concatenate([dm.origins["train"], dm.origins["val"]])
+    folds = dm.folds(3)
+    assert len(folds) == 3
+    starts = [int(origins[f.check].min()) for f in folds]
+    assert starts == sorted(starts) and len(set(starts)) == 3  # later origins, one per fold
+    for f in folds:
+        assert int((origins[f.fit] + h).max()) <= int(origins[f.check].min())
+    n_train, _ = dm.pool_sizes()
+    assert folds[-1].check.tolist() == list(range(n_train, len(origins)))  # the val split
+
+
+def test_a_small_table_is_cross_validated_and_refitted(tmp_path: Path) -> None:
+    result = run(compose_cfg([*IRIS, *CV, "search.n_trials=3", "search.max_epochs=8",
+                              "search.patience=8", "search.study_name=cv"], tmp_path))
+    notes = " ".join(result.selection.notes)
+    assert "5-fold stratified cross-validation" in notes and "refit:" in notes
+    study = optuna.load_study(study_name="cv", storage=f"sqlite:///{tmp_path}/optuna.db")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done
+    for t in done:
+        folds = t.user_attrs["fold_values"]
+        assert len(folds) == 5 and t.value == pytest.approx(float(np.mean(folds)), abs=1e-6)
+        saved = torch.load(t.user_attrs["val_predictions"], weights_only=False)
+        assert len(saved["rows"]) == 127  # out-of-fold predictions of every train + val row
+    assert result.final_model.startswith(("trial", "ensemble"))
+    refitted = sorted(p.parent.name for p in tmp_path.glob("checkpoints/*/refit-*/last.ckpt"))
+    assert refitted == sorted(f"refit-{n}" for n in result.weights)
+    # The registered model is the refitted one: its test predictions give the printed metrics.
+    cfg = compose_cfg(IRIS, tmp_path)
+    dm = config_datamodule(cfg, tmp_path / "cache")
+    dm.prepare()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    model = mlflow.pyfunc.load_model(str(result.model_uri))
+    test = dm.raw_rows("test")
+    labels = model.predict(test.drop(columns=["target"]))["label"]
+    accuracy = float((labels.astype(str) == test["target"].astype(str)).mean())
+    assert accuracy == pytest.approx(result.test_metrics["accuracy"], abs=1e-6)
+
+
+# -- ties, ensembles --------------------------------------------------------------------------
+def _record(number: int, value: float, loss: float, n_params: int) -> TrialRecord:
+    return TrialRecord(number=number, arch="mlp", params={}, value=value, state="COMPLETE",
+                       duration_s=1.0, epochs=3, n_params=n_params,
+                       val_metrics={"val_loss": loss, "val_f1": value})
+
+
+def test_a_tie_is_said_and_broken_by_validation_loss_then_size() -> None:
+    outcome = StudyOutcome(study_name="s", storage="x", direction="maximize", monitor="val_f1",
+                           records=[_record(0, 1.0, 0.30, 100), _record(1, 1.0, 0.10, 900),
+                                    _record(2, 1.0, 0.10, 50), _record(3, 0.9, 0.01, 10)])
+    assert outcome.best is not None and outcome.best.number == 2
+    assert [r.number for r in outcome.ranked()] == [2, 1, 0, 3]
+    line = outcome.ties
+    assert line is not None and line.startswith("trials 0, 1, 2 tie on val_f1 (1.0000")
+    assert "trial 2 is chosen by the lowest val_loss (0.1000) then fewer parameters (50)" in line
+    alone = StudyOutcome(study_name="s", storage="x", direction="maximize", monitor="val_f1",
+                         records=[_record(0, 1.0, 0.3, 1), _record(1, 0.5, 0.1, 1)])
+    assert alone.ties is None
+
+
+def test_greedy_selection_mixes_models_that_err_on_different_rows() -> None:
+    from sklearn.metrics import accuracy_score
+
+    targets = torch.tensor([0, 1] * 10)
+    right, wrong = torch.eye(2)[targets] * 0.9 + 0.05, torch.eye(2)[1 - targets] * 0.6 + 0.2
+    a = torch.cat([right[:12], wrong[12:]])  # right on rows 0..11
+    b = torch.cat([wrong[:8] * 0 + 0.5, right[8:]])  # unsure on 0..7, right on 8..19
+    c = wrong.clone()  # always wrong
+
+    def acc(s: torch.Tensor, t: torch.Tensor) -> float:
+        return float(accuracy_score(t.numpy(), s.argmax(-1).numpy()))
+
+    found = greedy_selection({0: a, 1: b, 2: c}, targets, acc, maximize=True, rounds=10, best=0)
+    assert found.single == pytest.approx(0.6)
+    assert found.value == pytest.approx(1.0) and set(found.weights) == {0, 1}
+    assert sum(found.weights.values()) == pytest.approx(1.0)
+    assert acc(combine({0: a, 1: b, 2: c}, found.weights), targets) == pytest.approx(1.0)
+    lone = greedy_selection({0: right, 2: c}, targets, acc, maximize=True, rounds=5, best=0)
+    assert lone.weights == {0: 1.0} and lone.value == lone.single == 1.0
+
+
+# -- references -------------------------------------------------------------------------------
+@pytest.mark.parametrize(("overrides", "name"), [
+    (["task=tabular_classification", "data=wine"], "HistGradientBoostingClassifier"),
+    (["task=tabular_regression", "data=diabetes"], "HistGradientBoostingRegressor"),
+    (["task=image_classification", "data=digits", "data.max_samples=600"], "SVC (RBF)"),
+    (["task=time_series_classification", "data=basic_motions"], "1-NN"),
+    (["task=time_series_forecasting", "data=airline"], "ETS"),
+    (["task=text_classification"], "TF-IDF"),
+])
+def test_every_row_has_a_reference_scored_like_the_trials(tmp_path: Path, overrides: list[str],
+                                                        name: str) -> None:
+    cfg, dm = _dm(overrides, tmp_path)
+    task = resolve_task(cfg.task, cfg.selector.table)
+    family = families.get(task.family)
+    views = [None]
+    ref = fit_reference(dm, family, task, views, refit=True)
+    assert ref is not None and ref.name.startswith(name)
+    assert np.isfinite(ref.val_value) and ref.val_std == 0.0
+    trivial_name, trivial = (dm.baseline("test") or family.trivial(
+        dm.targets("train"), len(dm.targets("test")), dm.prepare()))
+    baseline = family.evaluate(trivial, dm.targets("test"), dm.prepare())
+    assert set(ref.test_metrics) == set(baseline)
+    metric = family.test_metric
+    better = (ref.test_metrics[metric] > baseline[metric] if family.test_direction == "maximize"
+              else ref.test_metrics[metric] < baseline[metric])
+    assert better, (ref.test_metrics, trivial_name, baseline)  # a reference beats the trivial one
+
+
+@pytest.mark.study
+def test_a_better_reference_is_registered_when_asked(tmp_path: Path) -> None:
+    # One short perceptron trial: gradient boosting wins on validation.
+    result = run(compose_cfg(["task=tabular_classification", "data=wine",
+                              "selector.candidates=[perceptron]", "search.n_trials=1",
+                              "search.max_epochs=1", "arch.perceptron.optim.lr=0.001",
+                              "selector.register_references=true"], tmp_path))
+    assert result.final_model.startswith("reference: HistGradientBoostingClassifier")
+    assert result.test_metrics == result.reference_metrics
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    model = mlflow.pyfunc.load_model(str(result.model_uri))
+    from sklearn.datasets import load_wine
+
+    frame = load_wine(as_frame=True).frame.drop(columns=["target"]).head(5)
+    out = model.predict(pd.DataFrame(frame), params={"probabilities": "all"})
+    assert list(out.columns[:2]) == ["label", "probability"] and len(out) == 5
+    assert out.filter(like="proba_").sum(axis=1).round(3).eq(1.0).all()
+
+
+def test_registering_a_forecasting_reference_is_refused(make_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"^selector.register_references: is not available for "
+                       r"forecasting yet"):
+        run(make_cfg("task=time_series_forecasting", "data=airline",
+                     "selector.register_references=true"))
