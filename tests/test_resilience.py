@@ -25,7 +25,9 @@ pytestmark = pytest.mark.study  # every test here trains a real study
 # The perceptron baseline finishes in 3 epochs; the MLP runs until search.trial_timeout (or a
 # signal) stops it: trials whose length the test decides, on real data.
 IRIS = ["task=tabular_classification", "data=iris", "trainer.progress_bar=false",
-        "selector.candidates=[perceptron,mlp]", "+selector.rules.no_gpu.max_epochs.perceptron=3"]
+        "selector.candidates=[perceptron,mlp]", "+selector.rules.no_gpu.max_epochs.perceptron=3",
+        # one fit per trial (the commands these tests start do not get helpers.CHEAP)
+        "selector.rules.cross_validation.max_samples=0"]
 LONG_MLP = ["search.max_epochs=100000", "search.patience=100000"]
 TS = optuna.trial.TrialState
 # 2**20 x 2**20 weights (4 TiB): the allocation fails for real.

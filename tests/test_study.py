@@ -196,7 +196,7 @@ def test_pretrained_encoder_from_a_local_folder_trains_and_serves(make_cfg,
     result = run(make_cfg("selector.candidates=[pretrained]", "search.n_trials=1",
                           "search.study_name=pt", f"arch.pretrained.model.encoder={folder}",
                           "search.max_epochs=3", "selector.rules.no_gpu.max_epochs.pretrained=3",
-                          "arch.pretrained.optim.lr=2e-4"))
+                          "arch.pretrained.optim.lr=2e-4", "search.refit=false"))
     (record,) = result.outcome.records
     assert (record.arch, record.state) == ("pretrained", "COMPLETE")
     # Three epochs of the top layers already beat the majority class (0.618 vs 0.529 measured).
