@@ -50,6 +50,8 @@ class Finished:
     refit: bool = False
     #: how the final model compares with the classical reference on the test split
     comparison: str = ""
+    #: the decision rule's bias on the log-probabilities (imbalanced classes), if any
+    bias: list[float] | None = None
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Member:
     record: TrialRecord
     weight: float
     checkpoint: str
+    refitted: bool = False
 
 
 def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
@@ -87,6 +90,7 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
             instead when it beats the final model on validation.
     """
     import matplotlib.pyplot as plt
+    import torch
 
     task = selection.task
     best = outcome.best
@@ -97,8 +101,14 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
     if ties:
         console.print(f"[bold yellow]Tie[/]: {ties}", soft_wrap=True)
         tracker.set_tags(parent, {"archselect.tie": ties})
-    weights, val_value = _ensemble(outcome, best, selection, dm, family_cls, console, tracker,
-                                   ensemble_rounds)
+    choice = _ensemble(outcome, best, selection, dm, family_cls, console, tracker,
+                       ensemble_rounds)
+    bias = None
+    if selection.imbalanced:
+        bias, line = decision_rule(choice, dm.prepare(), family_cls, task.monitor)
+        console.print(f"Decision rule: {line}", soft_wrap=True)
+        tracker.set_tags(parent, {"archselect.decision_rule": line})
+    weights, val_value = choice.weights, choice.value
     by_number = {r.number: r for r in outcome.records}
     members = [Member(by_number[n], w, str(by_number[n].checkpoint or ""))
                for n, w in weights.items()]
@@ -107,13 +117,17 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
             raise ArchselectError(
                 f"finish: the checkpoint of trial {m.record.number} is missing ({m.checkpoint}); "
                 "fix: keep runs_dir/checkpoints, or start a new study (search.study_name=...)")
-    done = Finished(weights=dict(weights), refit=selection.refit)
+    done = Finished(weights=dict(weights), refit=selection.refit, bias=bias)
     done.model_name = (f"trial {best.number} ({best.arch})" if len(members) == 1 else
                        "ensemble of " + " + ".join(f"trial {m.record.number} ({m.record.arch}, "
                                                    f"{m.weight:.2f})" for m in members))
     if selection.refit:
         for m in members:
-            m.checkpoint = _refit(m.record, selection, dm, hw, family_cls, settings, console)
+            m.checkpoint, m.refitted = _refit(m.record, selection, dm, hw, family_cls, settings,
+                                              console)
+    done.refit = any(m.refitted for m in members)
+    how = ("" if not done.refit else ", refitted on train + val"
+           if all(m.refitted for m in members) else ", partly refitted on train + val")
     modules = [family_cls.load_from_checkpoint(m.checkpoint, map_location="cpu")
                for m in members]
     hp = modules[0].hparams
@@ -123,6 +137,8 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
     targets = tested[0].targets
     scores = combine({i: t.scores for i, t in enumerate(tested)},
                      {i: m.weight for i, m in enumerate(members)})
+    if bias is not None:  # the decision rule chosen on validation
+        scores = torch.softmax(torch.log(scores.clamp_min(1e-12)) + torch.tensor(bias), -1)
     preds = family_cls.decode_scores(scores)
     spec = modules[0].spec
     done.test_metrics = family_cls.evaluate(preds, targets, spec)
@@ -141,8 +157,7 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
                           f"{reference.val_value:.4f} on validation) beats {done.model_name} "
                           f"({val_value:.4f}); selector.register_references=true registers it",
                           soft_wrap=True)
-    report.print_test(console, done.model_name + (", refitted on train + val"
-                                                  if selection.refit else ""),
+    report.print_test(console, done.model_name + how,
                       done.test_metrics, done.baseline_name, done.baseline_metrics,
                       reference.test_metrics if reference is not None else None)
     if done.comparison:
@@ -155,7 +170,7 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
     tracker.set_tags(parent, {"archselect.best_arch": best.arch,
                               "archselect.best_trial": best.number,
                               "archselect.final_model": done.model_name,
-                              "archselect.refit": str(selection.refit).lower(),
+                              "archselect.refit": str(done.refit).lower(),
                               "archselect.baseline": done.baseline_name})
     if done.comparison:
         tracker.set_tags(parent, {"archselect.versus_reference": done.comparison})
@@ -189,22 +204,35 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
     return done
 
 
+@dataclass
+class Choice:
+    """The final model's members and weights, its validation value, and (where the trials kept
+    them) its validation scores and their targets."""
+
+    weights: dict[int, float]
+    value: float
+    scores: Any = None
+    targets: Any = None
+
+
 def _ensemble(outcome: StudyOutcome, best: TrialRecord, selection: Selection,
               dm: BaseDataModule, family_cls: Any, console: Console, tracker: Tracker,
-              rounds: int) -> tuple[dict[int, float], float]:
-    """The final model's members and weights, and its validation value: an ensemble of trials
-    when greedy selection over their validation predictions beats the best trial on the same
-    rows, else the best trial (its value)."""
+              rounds: int) -> Choice:
+    """An ensemble of trials when greedy selection over their validation predictions beats the
+    best trial on the same rows, else the best trial."""
     import torch
 
-    from archselect.ensemble import greedy_selection
+    from archselect.ensemble import combine, greedy_selection
 
-    alone = ({best.number: 1.0}, float(best.value or 0.0))
-    if rounds <= 0 or not best.val_predictions or not Path(best.val_predictions).is_file():
+    alone = Choice({best.number: 1.0}, float(best.value or 0.0))
+    if not best.val_predictions or not Path(best.val_predictions).is_file():
+        return alone
+    reference = torch.load(best.val_predictions, weights_only=False)
+    alone.scores, alone.targets = reference["scores"], reference["targets"]
+    if rounds <= 0:
         return alone
     task = selection.task
     options = {c.name: c.option for c in selection.candidates}
-    reference = torch.load(best.val_predictions, weights_only=False)
     scores = {best.number: reference["scores"]}
     for r in outcome.ranked():
         if r.number == best.number or not r.val_predictions or options.get(r.arch) != options.get(
@@ -237,7 +265,41 @@ def _ensemble(outcome: StudyOutcome, best: TrialRecord, selection: Selection,
                   f"over {len(scores)} trials, {rounds} rounds); the ensemble is the model",
                   soft_wrap=True)
     tracker.set_tags(parent, {"archselect.ensemble": found.describe()})
-    return found.weights, found.value
+    return Choice(found.weights, found.value, combine(scores, found.weights), reference["targets"])
+
+
+#: prior corrections tried for macro-F1: scores divided by the class prior to this power
+PRIOR_POWERS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def decision_rule(choice: Choice, spec: Any, family_cls: Any, monitor: str
+                  ) -> tuple[list[float] | None, str]:
+    """Imbalanced classes with macro-F1 monitored: the prior correction (class probabilities
+    divided by the training prior to a power, picked on validation) that gives the best
+    macro-F1, as a bias added to the final model's log-probabilities (None when no correction
+    beats none; ``choice.value`` then holds the corrected value), and the line that says so."""
+    import torch
+
+    if choice.scores is None:
+        return None, "no validation predictions were kept: the plain argmax decides"
+    counts = spec.profile.get("balance", {}).get("counts", {})
+    prior = torch.tensor([float(counts.get(c, 0)) for c in spec.class_names]).clamp_min(1.0)
+    log_prior = torch.log(prior / prior.sum())
+    log_p = torch.log(choice.scores.float().clamp_min(1e-12))
+
+    def value(power: float) -> float:
+        adjusted = torch.softmax(log_p - power * log_prior, -1)
+        return float(family_cls.monitor_value(adjusted, choice.targets, spec, monitor))
+
+    tried = {power: value(power) for power in PRIOR_POWERS}
+    power = max(PRIOR_POWERS, key=lambda p: (round(tried[p], 9), -p))  # ties: the smaller
+    if power == 0.0 or tried[power] <= tried[0.0]:
+        return None, (f"no prior correction beats the plain argmax on validation ({monitor} "
+                      f"{tried[0.0]:.4f})")
+    choice.value = tried[power]
+    return ([round(float(b), 6) for b in -power * log_prior],
+            f"probabilities divided by the class prior^{power:g}: {monitor} "
+            f"{tried[power]:.4f} on validation, {tried[0.0]:.4f} without")
 
 
 def _better(a: float, b: float, direction: str) -> bool:
@@ -259,13 +321,23 @@ def _compare(test: dict[str, float], reference: Reference, metric: str, directio
 
 
 def _refit(record: TrialRecord, selection: Selection, dm: BaseDataModule, hw: HardwareProfile,
-           family_cls: Any, settings: TrialSettings, console: Console) -> str:
+           family_cls: Any, settings: TrialSettings, console: Console) -> tuple[str, bool]:
     """Train trial ``record``'s configuration again on train + val, for about the epochs its
-    best validation came after; returns the checkpoint (kept: a rerun of the finish reuses it)."""
+    best validation came after; returns the checkpoint that is tested and whether it is the
+    refit (kept: a rerun of the finish reuses it and its decision).
+
+    A refit starts from scratch and cannot be validated (nothing is held out but the test), so
+    it is checked against the searched model on the train + val rows, which the refit has all
+    trained on: a refit that fits them worse than the model it would replace (a noisy training
+    that had its lucky epoch during the search) is not used, and the searched model is kept.
+    """
+    import json
+
     folder = settings.checkpoints / f"refit-{record.number}"
-    last = folder / "last.ckpt"
-    if last.is_file():
-        return str(last)
+    last, decision = folder / "last.ckpt", folder / "decision.json"
+    if last.is_file() and decision.is_file():
+        kept = json.loads(decision.read_text())
+        return (str(last), True) if kept["use"] == "refit" else (str(record.checkpoint), False)
     cand = next(c for c in selection.candidates if c.name == record.arch)
     config = Configuration.of(cand, record.params)
     epochs = (round(float(np.mean(record.best_epochs))) + 1 if record.best_epochs
@@ -278,11 +350,27 @@ def _refit(record: TrialRecord, selection: Selection, dm: BaseDataModule, hw: Ha
                      seed=settings.seed + record.number,
                      batch_size=int(config.optim["batch_size"]), epochs=epochs, validate=False)
     assert fitted.checkpoint is not None
+    task = selection.task
+    spec = dm.prepare()
+    pool = dm.ordered_loader("pool")
+
+    def fits(module: Any) -> float:
+        found = predict(module, pool, hw)
+        return float(family_cls.monitor_value(found.scores, found.targets, spec, task.monitor))
+
+    refit_value = fits(fitted.module)
+    searched_value = fits(family_cls.load_from_checkpoint(record.checkpoint, map_location="cpu"))
+    use = "search" if _better(searched_value, refit_value, task.direction) else "refit"
     fitted.checkpoint.replace(last)  # whole, or not there: a killed refit is done again
     shutil.rmtree(folder / "tmp", ignore_errors=True)
-    console.print(f"Refit: trial {record.number} ({record.arch}) trained again on train + val "
-                  f"({n_pool} samples) for {epochs} epochs", soft_wrap=True)
-    return str(last)
+    what = (f"Refit: trial {record.number} ({record.arch}) trained again on train + val "
+            f"({n_pool} samples) for {epochs} epochs: {task.monitor} {refit_value:.4f} on "
+            f"those rows, the searched model {searched_value:.4f}")
+    line = what + ("; the refit is used" if use == "refit" else
+                   "; the refit fits them worse, so the searched model is kept")
+    decision.write_text(json.dumps({"use": use, "line": line}) + "\n")
+    console.print(line, soft_wrap=True)
+    return (str(last), True) if use == "refit" else (str(record.checkpoint), False)
 
 
 def _register(done: Finished, members: list[Member], family_cls: Any, dm: BaseDataModule,
@@ -302,7 +390,7 @@ def _register(done: Finished, members: list[Member], family_cls: Any, dm: BaseDa
         key = "reference" + ("+refit" if done.refit else "")
     else:
         key = "+".join(f"{m.record.number}" + ("" if len(members) == 1 else f":{m.weight:.3f}")
-                       for m in members) + ("+refit" if done.refit else "")
+                       + ("+refit" if m.refitted else "") for m in members)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = dm.serving_bundle(members[0].checkpoint if members else "", Path(tmp))
         # Classifiers answer params={"probabilities": "all"} with every class's probability.
@@ -325,7 +413,7 @@ def _register(done: Finished, members: list[Member], family_cls: Any, dm: BaseDa
             checkpoints = {("checkpoint" if i == 0 else f"checkpoint_{i}"): m.checkpoint
                            for i, m in enumerate(members)}
             served: Any = ServedModel(family_cls, bundle.codec,
-                                      weights=[m.weight for m in members])
+                                      weights=[m.weight for m in members], bias=done.bias)
             if reference is not None:
                 joblib.dump(reference.model, Path(tmp) / "reference.joblib")
                 checkpoints = {"reference": str(Path(tmp) / "reference.joblib")}

@@ -90,6 +90,8 @@ class Selection:
     folds: int = 1
     #: whether the chosen model(s) are trained again on train + val before the test
     refit: bool = False
+    #: imbalanced classes with macro-F1 monitored: class weights searched, decision rule tuned
+    imbalanced: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"task": self.task.name, "family": self.task.family,
@@ -97,7 +99,7 @@ class Selection:
                "direction": self.task.direction,
                "candidates": [asdict(c) for c in self.candidates],
                "dropped": dict(self.dropped), "notes": list(self.notes),
-               "folds": self.folds, "refit": self.refit}
+               "folds": self.folds, "refit": self.refit, "imbalanced": self.imbalanced}
         for c, cand in zip(out["candidates"], self.candidates, strict=True):
             c["space"] = {k: p.describe() for k, p in cand.space.items()}
         return out
@@ -184,6 +186,22 @@ def _size_rules(rules: RulesConfig, spec: DataSpec) -> list[SizeRule]:
     return [r for r in (rules.small_data, rules.few_windows)
             if r is not None and spec.kind in (r.kinds or [spec.kind])
             and n_train < r.min_train_samples]
+
+
+#: the class weightings a trial may train with (``optim.class_weight``)
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+def _imbalanced(rules: RulesConfig, spec: DataSpec, task: Task) -> str:
+    """``selector.rules.imbalanced``: the note when it fires (imbalanced classes, macro-F1
+    monitored), else an empty string."""
+    rule = rules.imbalanced
+    ratio = float(spec.profile.get("balance", {}).get("imbalance_ratio", 1.0))
+    if rule is None or not spec.num_classes or task.monitor != "val_f1" or ratio < rule.min_ratio:
+        return ""
+    return (f"imbalanced classes ({ratio:g}x between the largest and the smallest, >= "
+            f"{rule.min_ratio:g}x) and macro-F1 monitored: a class-weighted loss is searched, and "
+            "the final model's decision rule is tuned for macro-F1 on validation")
 
 
 def validation_rules(rules: RulesConfig, spec: DataSpec, refit: bool | None
@@ -284,6 +302,9 @@ def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], ma
                 dropped[name] = (f"images are tiny ({side} <= {tiny.max_side} px): too small "
                                  "for its depth and downsampling")
         tiny_fixed = {k: dict(v) for k, v in tiny.fixed.items()}
+    imbalanced = _imbalanced(rules, spec, task)
+    if imbalanced:
+        notes.append(imbalanced)
     caps: dict[str, dict[str, Any]] = {}  # small data, small models: search ranges capped
     cap_why = ""
     for small in small_rules:
@@ -328,6 +349,11 @@ def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], ma
             weights = cand.model["weights_path"]
             cand.reasons.append(f"starts from the weights in {weights}" if weights else
                                 "no weights_path: trained from scratch")
+        if imbalanced:
+            cand.optim["class_weight"] = "none"  # the baseline trial: start simple
+            cand.space["class_weight"] = Param("class_weight", "categorical",
+                                               choices=CLASS_WEIGHTS)
+            cand.reasons.append("imbalanced classes: class_weight searched (none, balanced)")
         resolve = architectures.meta(name).get("resolve")
         if resolve is not None:  # e.g. a pretrained encoder: found offline now, or a clear error
             cand.option = resolve(cand.model)
@@ -338,5 +364,5 @@ def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], ma
         notes.append(f"CPU only ({hw.cpu_cores} cores), precision {hw.precision}")
     folds, do_refit, more = validation_rules(rules, spec, refit)
     return Selection(task=task, candidates=candidates, dropped=dropped, notes=[*notes, *more],
-                     folds=folds, refit=do_refit)
+                     folds=folds, refit=do_refit, imbalanced=bool(imbalanced))
 

@@ -143,11 +143,13 @@ class ServedModel(_Quiet):
         weights: each member's weight (one member: ``[1.0]``).
     """
 
-    def __init__(self, family_cls: type, codec: Codec, weights: list[float] | None = None
-                 ) -> None:
+    def __init__(self, family_cls: type, codec: Codec, weights: list[float] | None = None,
+                 bias: list[float] | None = None) -> None:
         self.family_cls = family_cls
         self.codec = codec
         self.weights = list(weights or [1.0])
+        #: added to a classifier's logits: the decision rule chosen on validation, if any
+        self.bias = bias
         self.modules: list[Any] = []
 
     def load_context(self, context: Any) -> None:
@@ -166,7 +168,10 @@ class ServedModel(_Quiet):
 
     def _forward(self, batch: Batch) -> torch.Tensor:
         outputs = [m(**batch).float() for m in self.modules]
-        if len(outputs) == 1:
-            return outputs[0]
-        return self.family_cls.combine_outputs(outputs, self.weights)  # type: ignore[attr-defined]
+        out = (outputs[0] if len(outputs) == 1 else
+               self.family_cls.combine_outputs(outputs, self.weights))  # type: ignore[attr-defined]
+        if self.bias is not None:
+            # logits + bias: the probabilities times exp(bias), renormalised by the softmax
+            out = torch.log_softmax(out, -1) + torch.tensor(self.bias)
+        return out
 

@@ -185,3 +185,77 @@ def test_registering_a_forecasting_reference_is_refused(make_cfg) -> None:
                        r"forecasting yet"):
         run(make_cfg("task=time_series_forecasting", "data=airline",
                      "selector.register_references=true"))
+
+
+# -- imbalanced classes -----------------------------------------------------------------------
+def _imbalanced_csv(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    n = 600
+    x = rng.normal(size=(n, 3))
+    rare = x[:, 0] + 0.5 * rng.normal(size=n) > 1.1  # about one row in six
+    path = tmp_path / "rare.csv"
+    pd.DataFrame({"a": x[:, 0].round(4), "b": x[:, 1].round(4), "c": x[:, 2].round(4),
+                  "label": np.where(rare, "rare", "common")}).to_csv(path, index=False)
+    return path
+
+
+def test_imbalanced_classes_search_class_weights_and_weigh_the_loss(tmp_path: Path) -> None:
+    from helpers import select_for
+
+    from archselect.tasks.classification import class_weights
+
+    cfg = compose_cfg(["task=tabular_classification", "data=csv",
+                       f"data.path={_imbalanced_csv(tmp_path)}", "data.target=label"], tmp_path)
+    dm = config_datamodule(cfg, tmp_path / "cache")
+    spec = dm.prepare()
+    selection = select_for(cfg, spec)
+    assert selection.imbalanced and any("imbalanced classes" in n for n in selection.notes)
+    for cand in selection.candidates:
+        assert cand.space["class_weight"].choices == ("none", "balanced")
+        assert cand.defaults()["class_weight"] == "none"
+    counts = spec.profile["balance"]["counts"]
+    w = class_weights("balanced", spec)
+    n = sum(counts.values())
+    assert w.tolist() == pytest.approx([n / (2 * counts[c]) for c in spec.class_names])
+    assert class_weights("none", spec).numel() == 0
+    balanced = compose_cfg(["task=tabular_classification", "data=iris"], tmp_path)
+    assert not select_for(balanced, config_datamodule(balanced, tmp_path / "c2").prepare()
+                          ).imbalanced
+
+
+def test_the_decision_rule_corrects_for_the_prior_when_it_helps_macro_f1() -> None:
+    from archselect.data.base import DataSpec
+    from archselect.finish import Choice, decision_rule
+    from archselect.tasks.classification import ClassificationModule
+
+    spec = DataSpec(kind="tabular", num_classes=2, class_names=["common", "rare"],
+                    profile={"balance": {"counts": {"common": 800, "rare": 200}}})
+    targets = torch.tensor([0] * 80 + [1] * 20)
+    # a model that leans to the common class: the rare rows get 0.35..0.45 for "rare"
+    rare_p = torch.cat([torch.full((80,), 0.1), torch.linspace(0.35, 0.45, 20)])
+    scores = torch.stack([1 - rare_p, rare_p], 1)
+    choice = Choice({0: 1.0}, 0.0, scores, targets)
+    bias, line = decision_rule(choice, spec, ClassificationModule, "val_f1")
+    assert bias is not None and bias[1] > bias[0]  # the rare class is lifted
+    assert choice.value == pytest.approx(1.0) and line.startswith("probabilities divided by")
+    even = Choice({0: 1.0}, 0.0, torch.eye(2)[targets] * 0.8 + 0.1, targets)
+    bias, line = decision_rule(even, spec, ClassificationModule, "val_f1")
+    assert bias is None and line.startswith("no prior correction beats the plain argmax")
+
+
+@pytest.mark.study
+def test_an_imbalanced_study_searches_class_weights_end_to_end(tmp_path: Path) -> None:
+    path = _imbalanced_csv(tmp_path)
+    result = run(compose_cfg(["task=tabular_classification", "data=csv", f"data.path={path}",
+                              "data.target=label", "selector.candidates=[mlp]",
+                              "search.n_trials=3", "search.max_epochs=10", "search.patience=10",
+                              "search.study_name=rare"], tmp_path))
+    study = optuna.load_study(study_name="rare", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert all(t.params["mlp.class_weight"] in ("none", "balanced") for t in study.trials)
+    assert result.test_metrics["macro_f1"] > result.baseline_metrics["macro_f1"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    model = mlflow.pyfunc.load_model(str(result.model_uri))
+    served = model.predict(pd.read_csv(path).drop(columns=["label"]).head(20))
+    assert set(served["label"]) <= {"common", "rare"}
+    tags = mlflow.MlflowClient().get_run(str(result.parent_run_id)).data.tags
+    assert tags["archselect.decision_rule"]

@@ -33,12 +33,17 @@ class Perceptron(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x.flatten(1))
 
-    def training_loss(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    def training_loss(self, scores: torch.Tensor, target: torch.Tensor,
+                      weights: torch.Tensor | None = None) -> torch.Tensor | None:
         if target.dtype != torch.long:
             return None
         signs = -torch.ones_like(scores)
         signs.scatter_(1, target[:, None], 1.0)
-        return torch.relu(-signs * scores).sum(1).mean()
+        per_row = torch.relu(-signs * scores).sum(1)
+        if weights is None:
+            return per_row.mean()
+        w = weights[target]  # class weights (optim.class_weight=balanced)
+        return (w * per_row).sum() / w.sum()
 
 
 class MLP(nn.Module):

@@ -178,6 +178,15 @@ class RefitRule:
 
 
 @dataclass
+class ImbalanceRule:
+    """Classes at least ``min_ratio`` times as frequent as the rarest, with macro-F1 monitored:
+    a class-weighted loss is searched, and the final model's decision rule is tuned on
+    validation for macro-F1."""
+
+    min_ratio: float = MISSING
+
+
+@dataclass
 class RulesConfig:
     """Every rule the selector knows; ``null`` turns one off."""
 
@@ -189,6 +198,7 @@ class RulesConfig:
     continuous_target: TaskSwitchRule | None = MISSING
     cross_validation: CrossValidationRule | None = MISSING
     refit: RefitRule | None = MISSING
+    imbalanced: ImbalanceRule | None = MISSING
 
 
 @dataclass

@@ -76,9 +76,9 @@ class Configuration:
 
     def module(self, family_cls: Any, spec: DataSpec) -> pl.LightningModule:
         """A fresh LightningModule of this configuration."""
-        return family_cls(arch=self.arch, arch_kwargs=self.model,
-                          optim={"lr": self.optim["lr"],
-                                 "weight_decay": self.optim["weight_decay"]},
+        optim = {k: self.optim[k] for k in ("lr", "weight_decay", "class_weight")
+                 if k in self.optim}
+        return family_cls(arch=self.arch, arch_kwargs=self.model, optim=optim,
                           spec=spec.to_dict(), max_epochs=self.max_epochs)
 
 

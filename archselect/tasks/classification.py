@@ -12,6 +12,19 @@ from archselect.data.base import DataSpec
 from archselect.tasks.base import FamilyModule, families
 
 
+def class_weights(kind: str, spec: DataSpec) -> torch.Tensor:
+    """``optim.class_weight`` as a weight per class: ``balanced`` weighs each class by the
+    inverse of its frequency (n / (k * n_c), the data profile's counts); ``none``: an empty
+    tensor (no weights)."""
+    if kind == "none":
+        return torch.zeros(0)
+    if kind != "balanced":
+        raise ValueError(f"optim.class_weight must be none or balanced, not {kind!r}")
+    counts = spec.profile.get("balance", {}).get("counts", {})
+    n = torch.tensor([float(counts.get(c, 0)) for c in spec.class_names]).clamp_min(1.0)
+    return n.sum() / (len(n) * n)
+
+
 @families.register("classification")
 class ClassificationModule(FamilyModule):
     """Any registered architecture trained as a classifier (see FamilyModule for the args)."""
@@ -23,7 +36,9 @@ class ClassificationModule(FamilyModule):
                  spec: dict[str, Any], max_epochs: int) -> None:
         super().__init__(arch, arch_kwargs, optim, spec, max_epochs)
         n = self.spec.num_classes
-        self.loss = nn.CrossEntropyLoss()
+        self.loss = nn.CrossEntropyLoss()  # validation: unweighted, comparable across trials
+        weights = class_weights(str(optim.get("class_weight", "none")), self.spec)
+        self.register_buffer("class_weight", weights, persistent=False)
         self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes=n, average="macro")
@@ -31,9 +46,12 @@ class ClassificationModule(FamilyModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits, y = self.outputs(batch), batch["target"]
         # An architecture may bring its own criterion (the Perceptron does).
-        own = getattr(self.model, "training_loss", None)
-        loss = own(logits, y) if own is not None else None
-        loss = self.loss(logits, y) if loss is None else loss
+        held: torch.Tensor = self.class_weight  # type: ignore[assignment]
+        weights = held if held.numel() else None
+        own: Any = getattr(self.model, "training_loss", None)
+        loss = own(logits, y, weights) if own is not None else None
+        if loss is None:
+            loss = nn.functional.cross_entropy(logits, y, weight=weights)
         self.check_loss(loss)
         self.train_acc(logits, y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
