@@ -117,7 +117,8 @@ def fit_reference(dm: BaseDataModule, family_cls: Any, task: Task, views: list[V
     return Reference(name=maker.name, setting=maker.describe(setting),
                      val_value=float(np.mean(values)), val_std=float(np.std(values)),
                      test_metrics=family_cls.evaluate(preds, maker.test_targets, spec),
-                     seconds=time.monotonic() - start, model=model)
+                     seconds=time.monotonic() - start, model=model,
+                     extra={"setting": setting})
 
 
 def study_reference(dm: BaseDataModule, family_cls: Any, task: Task, views: list[View | None],

