@@ -4,9 +4,10 @@ classical baseline on the same split. Long: minutes per row and budget, so not i
     .venv/bin/python benchmarks/quality.py --budgets 5,15 --rows text,image,tabular
 
 For each row and budget: ``archselect task=<row> search.timeout=<budget>`` (the row's own data,
-search space and epochs; trials until the wall) and the classical model fitted on the same
-train split (settings picked on the validation split), both scored on the test split by the
-row's own metrics. Results merge into ``results/quality.json`` row by row, so rows and budgets
+search space and epochs; trials until the wall) and the row's classical reference
+(``archselect/references.py``) fitted on the same train split (its setting picked on the
+validation split), both scored on the test split by the row's own metrics. Results merge into
+``results/quality.json`` row by row, so rows and budgets
 can be run at different times; each entry keeps the machine it was measured on.
 """
 
@@ -15,87 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import benchlib
-import numpy as np
-
-
-def text_baseline(dm: Any) -> tuple[str, np.ndarray]:
-    from text_baselines import tfidf_logreg
-
-    return "TF-IDF (word 1-2 grams) + logistic regression", tfidf_logreg(dm.texts, dm.labels)
-
-
-def image_baseline(dm: Any) -> tuple[str, np.ndarray]:
-    from sklearn.svm import SVC
-
-    x = {s: dm.images[s].flatten(1).float().numpy() / 255.0 for s in ("train", "val", "test")}
-    preds = benchlib.best_on_val([SVC(C=c, gamma="scale") for c in (1.0, 10.0, 100.0)], x, dm.labels)
-    return "SVC (RBF) on pixels, C picked on val", preds
-
-
-def tabular_baseline(dm: Any) -> tuple[str, np.ndarray]:
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-
-    classes = dm.target_kind == "classes"
-    make = HistGradientBoostingClassifier if classes else HistGradientBoostingRegressor
-    preds = benchlib.best_on_val([make(learning_rate=lr, random_state=dm.seed)
-                                  for lr in (0.03, 0.1, 0.3)], dm.x, dm.y, maximize_f1=classes)
-    return "HistGradientBoosting, learning rate picked on val", preds
-
-
-def ets_baseline(dm: Any) -> tuple[str, np.ndarray]:
-    """Exponential smoothing (statsmodels ETS), refitted at every forecast origin on the history
-    before it; trend and season picked on the validation windows by MAE."""
-    import warnings
-
-    from statsmodels.tsa.holtwinters import ExponentialSmoothing
-
-    spec = dm.prepare()
-    h, m = spec.horizon, spec.season_length
-    series = dm.values[:, 0]
-
-    def forecasts(split: str, trend: str | None, seasonal: str | None) -> np.ndarray:
-        out = []
-        for o in dm.origins[split]:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fit = ExponentialSmoothing(series[:o], trend=trend, seasonal=seasonal,
-                                           seasonal_periods=m if seasonal else None).fit()
-            out.append(fit.forecast(h))
-        return np.asarray(out)
-
-    options = [(t, s) for t in (None, "add") for s in ((None, "add") if m > 1 else (None,))]
-    truth = dm.targets("val").numpy()
-    best = min(options, key=lambda o: float(np.abs(forecasts("val", *o) - truth).mean()))
-    return (f"ETS (trend {best[0]}, season {best[1]}; picked on val), refitted per origin",
-            forecasts("test", *best))
-
-
-def series_knn_baseline(dm: Any) -> tuple[str, np.ndarray]:
-    """k-nearest neighbours on the flattened, standardised series (1-NN Euclidean is the archive's
-    reference classifier); k picked on val."""
-    from sklearn.neighbors import KNeighborsClassifier
-
-    x = {s: ((dm.x[s] - dm.mean) / dm.std).reshape(len(dm.x[s]), -1) for s in ("train", "val", "test")}
-    preds = benchlib.best_on_val([KNeighborsClassifier(n_neighbors=k) for k in (1, 3, 5)], x, dm.y)
-    return "k-NN (Euclidean) on the series, k picked on val", preds
-
 
 # One place for the rows. A row whose task is not available yet is skipped with its reason.
 ROWS: dict[str, dict[str, Any]] = {
-    "text": {"overrides": ["task=text_classification"], "baseline": text_baseline},
-    "image": {"overrides": ["task=image_classification", "data=digits"], "baseline": image_baseline},
-    "tabular": {"overrides": ["task=tabular_classification", "data=breast_cancer"],
-                "baseline": tabular_baseline},
-    "tabular_regression": {"overrides": ["task=tabular_regression", "data=diabetes"],
-                           "baseline": tabular_baseline},
-    "series": {"overrides": ["task=time_series_forecasting"], "baseline": ets_baseline},
-    "series_classification": {"overrides": ["task=time_series_classification"],
-                              "baseline": series_knn_baseline},
+    "text": {"overrides": ["task=text_classification"]},
+    "image": {"overrides": ["task=image_classification", "data=digits"]},
+    "tabular": {"overrides": ["task=tabular_classification", "data=breast_cancer"]},
+    "tabular_regression": {"overrides": ["task=tabular_regression", "data=diabetes"]},
+    "series": {"overrides": ["task=time_series_forecasting"]},
+    "series_classification": {"overrides": ["task=time_series_classification"]},
 }
 
 
@@ -116,22 +49,28 @@ def available(overrides: list[str]) -> str | None:
 
 
 def baseline_entry(name: str, row: dict[str, Any]) -> dict[str, Any]:
-    import torch
+    """The row's classical reference (archselect's own, ``archselect/references.py``) fitted on
+    the train split, its setting picked on the val split, scored on the test split."""
+    from archselect.config.validate import typed
+    from archselect.references import fit_reference
+    from archselect.selector import resolve_task
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = benchlib.compose(row["overrides"], Path(tmp))
         dm, family = benchlib.datamodule(cfg)
-        start = time.perf_counter()
-        label, preds = row["baseline"](dm)
-        seconds = time.perf_counter() - start
-        targets = dm.targets("test")
-        preds_t = torch.as_tensor(np.asarray(preds), dtype=targets.dtype)
+        conf = typed(cfg)
+        task = resolve_task(conf.task, conf.selector.table)
+        ref = fit_reference(dm, family, task, [None], refit=False)
+        if ref is None:
+            raise ValueError(f"{name}: the row has no reference")
         spec = dm.prepare()
+        targets = dm.targets("test")
         own = dm.baseline("test")  # e.g. seasonal naive, which needs the history
         trivial_name, trivial = own if own is not None else family.trivial(
             dm.targets("train"), len(targets), spec)
-        return {"model": label, "seconds": round(seconds, 2),
-                "test": {k: round(v, 4) for k, v in family.evaluate(preds_t, targets, spec).items()},
+        return {"model": f"{ref.name} ({ref.setting}, picked on val)",
+                "seconds": round(ref.seconds, 2),
+                "test": {k: round(v, 4) for k, v in ref.test_metrics.items()},
                 "trivial": trivial_name,
                 "trivial_test": {k: round(v, 4) for k, v in
                                  family.evaluate(trivial, targets, spec).items()},
