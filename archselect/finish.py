@@ -130,10 +130,10 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
            if all(m.refitted for m in members) else ", partly refitted on train + val")
     modules = [family_cls.load_from_checkpoint(m.checkpoint, map_location="cpu")
                for m in members]
-    hp = modules[0].hparams
-    resolve = architectures.meta(hp["arch"]).get("resolve")
-    dm.for_trial(resolve(hp["arch_kwargs"]) if resolve else None, batch_size=128, num_workers=0)
-    tested = [predict(mod, dm.ordered_loader("test"), hw) for mod in modules]
+    tested = []
+    for mod in modules:  # each with its own input pipeline (its tokenizer), rows in one order
+        dm.for_trial(_option(mod), batch_size=128, num_workers=0)
+        tested.append(predict(mod, dm.ordered_loader("test"), hw))
     targets = tested[0].targets
     scores = combine({i: t.scores for i, t in enumerate(tested)},
                      {i: m.weight for i, m in enumerate(members)})
@@ -192,7 +192,7 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
                   metric_direction, spec.data_hash, reference=reference)
         return done
     _register(done, members, family_cls, dm, tracker, console, tracking, metric,
-              metric_direction, spec.data_hash)
+              metric_direction, spec.data_hash, options=[_option(m) for m in modules])
     if export.onnx:
         if len(modules) == 1:
             done.onnx_uri = _export_onnx(modules[0], dm, tracker, console, export.onnx_tolerance)
@@ -232,12 +232,11 @@ def _ensemble(outcome: StudyOutcome, best: TrialRecord, selection: Selection,
     if rounds <= 0:
         return alone
     task = selection.task
-    options = {c.name: c.option for c in selection.candidates}
     scores = {best.number: reference["scores"]}
     for r in outcome.ranked():
-        if r.number == best.number or not r.val_predictions or options.get(r.arch) != options.get(
-                best.arch) or not Path(r.val_predictions).is_file():
-            continue  # an ensemble shares one input pipeline (tokenizer): the best trial's
+        if r.number == best.number or not r.val_predictions or not Path(
+                r.val_predictions).is_file():
+            continue
         saved = torch.load(r.val_predictions, weights_only=False)
         if np.array_equal(saved["rows"], reference["rows"]):
             scores[r.number] = saved["scores"]
@@ -300,6 +299,13 @@ def decision_rule(choice: Choice, spec: Any, family_cls: Any, monitor: str
     return ([round(float(b), 6) for b in -power * log_prior],
             f"probabilities divided by the class prior^{power:g}: {monitor} "
             f"{tried[power]:.4f} on validation, {tried[0.0]:.4f} without")
+
+
+def _option(module: Any) -> str | None:
+    """The input option (a pretrained tokenizer) the data kind needs for ``module``."""
+    hp = module.hparams
+    resolve = architectures.meta(hp["arch"]).get("resolve")
+    return resolve(hp["arch_kwargs"]) if resolve else None
 
 
 def _better(a: float, b: float, direction: str) -> bool:
@@ -375,9 +381,12 @@ def _refit(record: TrialRecord, selection: Selection, dm: BaseDataModule, hw: Ha
 
 def _register(done: Finished, members: list[Member], family_cls: Any, dm: BaseDataModule,
               tracker: Tracker, console: Console, tracking: TrackingConfig, metric: str,
-              direction: str, data_hash: str, reference: Reference | None = None) -> None:
+              direction: str, data_hash: str, reference: Reference | None = None,
+              options: list[str | None] | None = None) -> None:
     """Log the final model (its members, or the ``reference``) as a pyfunc and register it
-    (once: a rerun finds its version), then move the champion alias when it beats the holder."""
+    (once: a rerun finds its version), then move the champion alias when it beats the holder.
+    Members whose input options differ (a pretrained tokenizer beside a trained one) each get
+    their own codec, its artifacts logged as ``<name>__m<i>``."""
     import joblib
     from mlflow.models import infer_signature
 
@@ -391,8 +400,22 @@ def _register(done: Finished, members: list[Member], family_cls: Any, dm: BaseDa
     else:
         key = "+".join(f"{m.record.number}" + ("" if len(members) == 1 else f":{m.weight:.3f}")
                        + ("+refit" if m.refitted else "") for m in members)
+    options = options or [None] * len(members)
     with tempfile.TemporaryDirectory() as tmp:
+        if members:
+            dm.for_trial(options[0], batch_size=128, num_workers=0)
         bundle = dm.serving_bundle(members[0].checkpoint if members else "", Path(tmp))
+        codecs: list[Any] | None = None
+        member_artifacts: dict[str, str] = {}
+        if len(set(options)) > 1:
+            codecs = [bundle.codec]
+            for i, (m, option) in enumerate(zip(members, options, strict=True)):
+                if i == 0:
+                    continue
+                dm.for_trial(option, batch_size=128, num_workers=0)
+                own = dm.serving_bundle(m.checkpoint, Path(tmp) / f"m{i}")
+                codecs.append(own.codec)
+                member_artifacts.update({f"{k}__m{i}": v for k, v in own.artifacts.items()})
         # Classifiers answer params={"probabilities": "all"} with every class's probability.
         params = {"probabilities": "top"} if bundle.codec.class_names else None
         with warnings.catch_warnings(record=True):  # MLflow's hint on integer columns
@@ -413,7 +436,9 @@ def _register(done: Finished, members: list[Member], family_cls: Any, dm: BaseDa
             checkpoints = {("checkpoint" if i == 0 else f"checkpoint_{i}"): m.checkpoint
                            for i, m in enumerate(members)}
             served: Any = ServedModel(family_cls, bundle.codec,
-                                      weights=[m.weight for m in members], bias=done.bias)
+                                      weights=[m.weight for m in members], bias=done.bias,
+                                      codecs=codecs)
+            checkpoints.update(member_artifacts)
             if reference is not None:
                 joblib.dump(reference.model, Path(tmp) / "reference.joblib")
                 checkpoints = {"reference": str(Path(tmp) / "reference.joblib")}

@@ -212,7 +212,7 @@ def _sklearn_maker(name: str, settings: list[Any], make: Callable[[Any], Any],
         return _take(x, keep), y[keep]
 
     def fitted(setting: Any, x: Any) -> Any:
-        index = _index_of(pool, x)
+        index = _index_of(x)
         xs, ys = rows_for_fit(x, y_fit[index])
         return make(setting).fit(xs, ys)
 
@@ -242,7 +242,7 @@ class _Rows(list[str]):
         self.rows = rows
 
 
-def _index_of(pool: Any, x: Any) -> np.ndarray:
+def _index_of(x: Any) -> np.ndarray:
     """The pool rows ``x`` was taken from (features carry them, see ``_indexed``)."""
     return np.asarray(x.rows if isinstance(x, _Rows) else x[:, -1], dtype=np.int64)
 

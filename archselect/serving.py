@@ -144,34 +144,47 @@ class ServedModel(_Quiet):
     """
 
     def __init__(self, family_cls: type, codec: Codec, weights: list[float] | None = None,
-                 bias: list[float] | None = None) -> None:
+                 bias: list[float] | None = None, codecs: list[Codec] | None = None) -> None:
         self.family_cls = family_cls
         self.codec = codec
         self.weights = list(weights or [1.0])
         #: added to a classifier's logits: the decision rule chosen on validation, if any
         self.bias = bias
+        #: one codec per member where their inputs differ (member i's artifacts: ``*__m<i>``)
+        self.codecs = codecs
         self.modules: list[Any] = []
 
     def load_context(self, context: Any) -> None:
         names = ["checkpoint", *(f"checkpoint_{i}" for i in range(1, len(self.weights)))]
         self.modules = [self.family_cls.load_from_checkpoint(  # type: ignore[attr-defined]
             context.artifacts[n], map_location="cpu").eval() for n in names]
-        self.codec.load(dict(context.artifacts))
+        artifacts = dict(context.artifacts)
+        self.codec.load(artifacts)
+        for i, codec in enumerate(self.codecs or []):
+            if i:
+                codec.load({k.removesuffix(f"__m{i}"): v for k, v in artifacts.items()
+                            if k.endswith(f"__m{i}")})
 
     # No annotations: MLflow would read predict()'s type hints as a schema; the logged signature
     # is the schema.
     def predict(self, context, model_input, params=None):
-        batches, keys = self.codec.encode(as_frame(model_input))
+        frame = as_frame(model_input)
+        codecs = self.codecs or [self.codec] * len(self.modules)
+        keys: Any = None
+        outputs = []
         with torch.inference_mode():
-            outputs = [self._forward(batch) for batch in batches]
-        return self.codec.decode(torch.cat(outputs) if outputs else torch.zeros(0), keys, params)
-
-    def _forward(self, batch: Batch) -> torch.Tensor:
-        outputs = [m(**batch).float() for m in self.modules]
+            for i, (module, codec) in enumerate(zip(self.modules, codecs, strict=True)):
+                if i == 0 or codec is not codecs[i - 1]:
+                    batches, found = codec.encode(frame)
+                    keys = found if i == 0 else keys
+                done = [module(**b).float() for b in batches]
+                outputs.append(torch.cat(done) if done else torch.zeros(0))
+        if not outputs or not len(outputs[0]):
+            return self.codec.decode(torch.zeros(0), keys, params)
         out = (outputs[0] if len(outputs) == 1 else
                self.family_cls.combine_outputs(outputs, self.weights))  # type: ignore[attr-defined]
         if self.bias is not None:
             # logits + bias: the probabilities times exp(bias), renormalised by the softmax
             out = torch.log_softmax(out, -1) + torch.tensor(self.bias)
-        return out
+        return self.codec.decode(out, keys, params)
 

