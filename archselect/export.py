@@ -56,11 +56,14 @@ class _Positional(nn.Module):
 
 def _dynamic_axes(inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, str]]:
     """Batch size varies for every input; so does the length of token sequences (2-D integer or
-    boolean inputs). Feature widths and image sizes stay fixed."""
+    boolean inputs, and a float input of their shape: per-token weights). Feature widths and
+    image sizes stay fixed."""
     axes: dict[str, dict[int, str]] = {"output": {0: "batch"}}
+    token_shapes = {tuple(t.shape) for t in inputs.values()
+                    if t.dim() == 2 and not torch.is_floating_point(t)}
     for name, t in inputs.items():
         axes[name] = {0: "batch"}
-        if t.dim() == 2 and not torch.is_floating_point(t):
+        if t.dim() == 2 and tuple(t.shape) in token_shapes:
             axes[name][1] = "tokens"
     return axes
 

@@ -70,6 +70,8 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # Adagrad on fastText's sparse embedding gradients (which torch builds well-formed).
+    warnings.filterwarnings("ignore", ".*Sparse invariant checks are implicitly disabled.*")
     from optuna.exceptions import ExperimentalWarning
 
     warnings.filterwarnings("ignore", category=ExperimentalWarning)

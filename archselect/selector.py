@@ -28,6 +28,10 @@ from archselect.hardware import HardwareProfile
 from archselect.space import Param, parse_param
 
 DIRECTIONS = ("maximize", "minimize")
+#: the learning-rate schedules a family's optimiser runs (``arch.<name>.optim.schedule``)
+SCHEDULES = ("cosine", "onecycle")
+#: the optimisers (``arch.<name>.optim.optimizer``)
+OPTIMIZERS = ("adamw", "adagrad")
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,20 @@ def _candidate(name: str, arch: dict[str, ArchConfig], max_epochs: int) -> Candi
     check_hparams(name, model, f"{key}.model")
     if not optim["lr"] > 0:
         raise ConfigError(f"{key}.optim.lr", "must be a positive number", given=optim["lr"])
+    if optim["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"{key}.optim.optimizer", "unknown optimizer", given=optim["optimizer"],
+                          allowed=OPTIMIZERS)
+    if optim["optimizer"] == "adagrad" and (optim["weight_decay"] or "weight_decay" in node.space):
+        raise ConfigError(f"{key}.optim.weight_decay", "must be 0 and not searched with "
+                          "optimizer adagrad (sparse gradients take no weight decay)",
+                          given=optim["weight_decay"], fix="set it to 0 (and drop "
+                          f"{key}.space.weight_decay), or use optimizer adamw")
+    if optim["schedule"] not in SCHEDULES:
+        raise ConfigError(f"{key}.optim.schedule", "unknown learning-rate schedule",
+                          given=optim["schedule"], allowed=SCHEDULES)
+    if not 0.0 <= optim["label_smoothing"] < 1.0:
+        raise ConfigError(f"{key}.optim.label_smoothing", "must lie in [0, 1)",
+                          given=optim["label_smoothing"])
     if not optim["batch_size"] > 0:
         raise ConfigError(f"{key}.optim.batch_size", "must be a positive integer",
                           given=optim["batch_size"])
@@ -186,6 +204,29 @@ def _size_rules(rules: RulesConfig, spec: DataSpec) -> list[SizeRule]:
     return [r for r in (rules.small_data, rules.few_windows)
             if r is not None and spec.kind in (r.kinds or [spec.kind])
             and n_train < r.min_train_samples]
+
+
+def _encoder_rule(rules: RulesConfig, spec: DataSpec, hw: HardwareProfile, names: list[str]
+                  ) -> dict[str, str]:
+    """``selector.rules.encoder``: which way of using the pretrained encoder is dropped, and why
+    (nothing when the row does not offer both)."""
+    rule = rules.encoder
+    if rule is None or rule.fine_tuned not in names or rule.frozen not in names:
+        return {}
+    n = int(spec.profile.get("splits", {}).get("train", 0))
+    if hw.has_gpu:
+        return {rule.frozen: f"a GPU fine-tunes the encoder ({rule.fine_tuned}) at little cost"}
+    if n < rule.cpu_min_train:
+        return {rule.fine_tuned: f"only {n} training texts (< {rule.cpu_min_train}) on CPU: the "
+                f"frozen encoder's embeddings ({rule.frozen}) generalise from few labels, and "
+                "cross-validation would fine-tune it once per fold"}
+    if n > rule.cpu_max_train:
+        return {rule.fine_tuned: f"{n} training texts (> {rule.cpu_max_train}) on CPU: "
+                "fine-tuning would take most of the budget per epoch; the frozen encoder "
+                f"({rule.frozen}) embeds each text once"}
+    return {rule.frozen: f"{n} training texts on CPU ({rule.cpu_min_train} to "
+            f"{rule.cpu_max_train}): fine-tuning its top layers ({rule.fine_tuned}) fits the "
+            "budget and adapts the encoder to the labels"}
 
 
 #: the class weightings a trial may train with (``optim.class_weight``)
@@ -292,6 +333,10 @@ def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], ma
                 names.remove(name)
                 dropped[name] = (f"only {n_train} training {unit} (< {small.min_train_samples}): "
                                  "too few to train it from scratch")
+    if asked is None:
+        for name, why in _encoder_rule(rules, spec, hw, names).items():
+            names.remove(name)
+            dropped[name] = why
     tiny = rules.tiny_images
     tiny_fixed: dict[str, dict[str, Any]] = {}
     if tiny is not None and len(spec.input_shape) == 3 and max(spec.input_shape[1:]) <= tiny.max_side:

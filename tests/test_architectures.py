@@ -22,6 +22,15 @@ def tokens(spec: DataSpec) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def weighted_ngrams(spec: DataSpec) -> dict[str, torch.Tensor]:
+    """fastText's inputs: ids with a weight each (0 where padded)."""
+    ids = torch.randint(2, 400, (4, 24))
+    weights = torch.rand(4, 24)
+    ids[1, 10:] = 0
+    weights[1, 10:] = 0.0
+    return {"input_ids": ids, "weights": weights}
+
+
 def features(spec: DataSpec) -> dict[str, torch.Tensor]:
     if spec.input_shape:  # images reach the MLP as [B, C, H, W], series as [B, T, C]
         return {"x": torch.randn(4, *spec.input_shape)}
@@ -51,17 +60,48 @@ IMAGE_SPECS = [DataSpec(kind="image", num_classes=10, class_names=[str(i) for i 
                for c, h, w in ((1, 8, 8), (1, 28, 28), (3, 32, 32))]
 
 
+def vectors(spec: DataSpec) -> dict[str, torch.Tensor]:
+    return {"x": torch.nn.functional.normalize(torch.randn(4, spec.n_features), dim=-1)}
+
+
+def table_rows(spec: DataSpec) -> dict[str, torch.Tensor]:
+    """Encoded rows as the tabular kind makes them: numbers, then one-hot blocks."""
+    x = torch.randn(4, spec.n_features)
+    start = spec.n_numeric
+    for card in spec.cat_cardinalities:
+        block = torch.zeros(4, card)
+        block[torch.arange(4), torch.randint(0, card, (4,))] = 1.0
+        x[:, start : start + card] = block
+        start += card
+    return {"x": x}
+
+
+TABLE_SPECS = [
+    # numbers and categories, one with more levels than an embedding's width
+    DataSpec(kind="tabular", num_classes=3, class_names=["a", "b", "c"], n_features=7 + 3 + 40,
+             n_numeric=7, cat_cardinalities=[3, 40]),
+    DataSpec(kind="tabular", num_classes=0, n_features=5, n_numeric=5),  # numbers, regression
+    DataSpec(kind="tabular", num_classes=2, class_names=["a", "b"], n_features=6, n_numeric=0,
+             cat_cardinalities=[2, 4]),  # categories only
+]
+
+
 # input kind -> (specs it claims, a batch of 4 for a spec)
 INPUTS: dict[str, tuple[list[DataSpec], Any]] = {
     "tokens": ([DataSpec(kind="text", num_classes=3, class_names=["a", "b", "c"],
                          vocab_size=500, pad_id=0, max_len=24)], tokens),
     "pretrained": ([DataSpec(kind="text", num_classes=3, class_names=["a", "b", "c"])], tokens),
+    "ngrams": ([DataSpec(kind="text", num_classes=3, class_names=["a", "b", "c"],
+                         vocab_size=500, pad_id=0, max_len=24)], weighted_ngrams),
     "features": ([DataSpec(kind="tabular", num_classes=3, class_names=["a", "b", "c"],
                            n_features=7),
                   DataSpec(kind="tabular", num_classes=0, n_features=5), *IMAGE_SPECS,
                   *SERIES_SPECS], features),
     "image": (IMAGE_SPECS, images),
     "series": (SERIES_SPECS, series),
+    "tabular": (TABLE_SPECS, table_rows),
+    "vectors": ([DataSpec(kind="text", num_classes=3, class_names=["a", "b", "c"],
+                          n_features=384)], vectors),
 }
 
 
@@ -92,3 +132,28 @@ def test_pretrained_trains_only_top_layers_when_asked() -> None:
     assert any("layer.5." in n for n in trainable)
     assert not any("layer.0." in n for n in trainable)
     assert "head.weight" in trainable
+
+
+#: architectures whose exported graph cannot serve other token lengths (said in one line)
+NOT_EXPORTABLE = {"transformer": r"keeps the token length it was traced with"}
+
+
+@pytest.mark.parametrize("name", architectures.names())
+def test_exports_to_onnx_matching_pytorch(make_cfg, tmp_path, name: str) -> None:
+    """Every architecture, at its defaults, exports to ONNX and onnxruntime gives PyTorch's
+    outputs (another batch size and token length included), or it is refused in one line."""
+    from archselect.export import export_onnx
+
+    cfg = make_cfg()
+    model_kw = OmegaConf.to_container(cfg.arch[name].model, resolve=True)
+    assert isinstance(model_kw, dict)
+    specs, make_inputs = INPUTS[architectures.meta(name)["input"]]
+    torch.manual_seed(0)
+    model = build(name, specs[0], **model_kw).eval()
+    inputs = make_inputs(specs[0])
+    if name in NOT_EXPORTABLE:
+        with pytest.raises(RuntimeError, match=NOT_EXPORTABLE[name]):
+            export_onnx(model, inputs, tmp_path / "m.onnx", tolerance=1e-4)
+        return
+    done = export_onnx(model, inputs, tmp_path / "m.onnx", tolerance=1e-4)
+    assert done.max_abs_diff <= 1e-4

@@ -9,7 +9,7 @@ import pytest
 from helpers import archselect, one_error_line
 
 CHEAP = ["trainer.progress_bar=false", "search.max_epochs=1", "data.vocab_size=500",
-         "data.min_frequency=1", "selector.candidates=[bag_of_embeddings]"]
+         "data.min_frequency=1", "selector.candidates=[fasttext]"]
 
 
 @pytest.mark.parametrize(("args", "expected"), [

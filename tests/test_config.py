@@ -93,8 +93,8 @@ def test_wrong_type_names_the_key(override: str, key: str) -> None:
 
 
 @pytest.mark.parametrize(("override", "expected"), [
-    ("arch.mlp.optim.lrr=0.1", "arch.mlp.optim.lrr: unknown key; expected one of: batch_size, lr, "
-     "weight_decay (did you mean arch.mlp.optim.lr?)"),
+    ("arch.mlp.optim.lrr=0.1", "arch.mlp.optim.lrr: unknown key; expected one of: batch_size, "
+     "label_smoothing, lr, optimizer, schedule, weight_decay (did you mean arch.mlp.optim.lr?)"),
     ("selector.rules.small_data.min_train_sample=9", "selector.rules.small_data.min_train_sample: "
      "unknown key"),
     ("selector.rules.few_window.drop=[]", "selector.rules.few_window: unknown key"),
@@ -137,7 +137,13 @@ def test_unknown_data_key_fails_with_full_key(make_cfg) -> None:
     ("+arch.lstm.model.width=3", r"arch.lstm.model.width: unknown hyperparameter of 'lstm'"),
     ("selector.candidates=[lstm,resnt]", r"selector.candidates: unknown architecture 'resnt'"),
     ("trainer.precision=fp8", r"trainer.precision: unknown precision"),
-    ("arch.pretrained.model.encoder=no-such-org/no-such-model",
+    ("arch.lstm.optim.schedule=linear", r"arch.lstm.optim.schedule: unknown learning-rate schedule"),
+    ("arch.lstm.optim.optimizer=adam", r"arch.lstm.optim.optimizer: unknown optimizer; given "
+     "'adam'; expected one of: adagrad, adamw \\(did you mean 'adamw'\\?\\)"),
+    ("arch.lstm.optim.label_smoothing=1.5", r"arch.lstm.optim.label_smoothing: must lie in \[0, 1\)"),
+    ("arch.fasttext.optim.weight_decay=0.1", r"arch.fasttext.optim.weight_decay: must be 0 and not "
+     "searched with optimizer adagrad"),
+    ("selector.candidates=[pretrained] arch.pretrained.model.encoder=no-such-org/no-such-model",
      r"arch.pretrained.model.encoder: cannot be loaded offline"),
     ("data=iris", r"data.source: not a source of text data; given 'sklearn'"),
     ("tracking.system_metrics_interval=0", r"tracking.system_metrics_interval: must be a positive"),
@@ -145,7 +151,7 @@ def test_unknown_data_key_fails_with_full_key(make_cfg) -> None:
 ])
 def test_invalid_configs_fail_before_any_store(make_cfg, tmp_path: Path, override: str,
                                                pattern: str) -> None:
-    cfg = make_cfg(override, "data.max_samples=120")
+    cfg = make_cfg(*override.split(" "), "data.max_samples=120")
     with pytest.raises(ConfigError, match=pattern):
         run(cfg)
     assert not (tmp_path / "optuna.db").exists()

@@ -295,7 +295,7 @@ def test_an_ensemble_of_members_with_their_own_tokenizers_serves_their_mean(
     from archselect.tasks.classification import ClassificationModule
 
     cfg = compose_cfg(["data=csv", f"data.path={text_csv}", "data.text_column=review",
-                       "data.target=stars", "selector.candidates=[bag_of_embeddings,pretrained]",
+                       "data.target=stars", "selector.candidates=[fasttext,pretrained]",
                        "search.n_trials=2", "search.refit=false", "search.ensemble_rounds=0",
                        "search.study_name=two", "selector.references=false",
                        "selector.rules.cross_validation.max_samples=0", "search.max_epochs=2",
@@ -304,7 +304,7 @@ def test_an_ensemble_of_members_with_their_own_tokenizers_serves_their_mean(
                       tmp_path, cheap=False)
     run(cfg)
     study = optuna.load_study(study_name="two", storage=f"sqlite:///{tmp_path}/optuna.db")
-    bag, pre = sorted(records(study), key=lambda r: r.arch)  # bag_of_embeddings, pretrained
+    bag, pre = sorted(records(study), key=lambda r: r.arch)  # fasttext, pretrained
     dm = config_datamodule(cfg, tmp_path / "cache")
     dm.prepare()
     singles: list[tuple[Any, dict[str, str]]] = []  # each member's codec and artifacts
@@ -314,7 +314,7 @@ def test_an_ensemble_of_members_with_their_own_tokenizers_serves_their_mean(
         bundle = dm.serving_bundle(str(rec.checkpoint), tmp_path / rec.arch)
         singles.append((bundle.codec, {**bundle.artifacts, "checkpoint": str(rec.checkpoint)}))
     (codec0, art0), (codec1, art1) = singles
-    assert codec0.wordpiece and not codec1.wordpiece
+    assert codec0.kind == "ngrams" and codec1.kind == "pretrained"
     frame = pd.DataFrame({"review": ["a wonderful moving film", "dull and tedious acting"]})
 
     def served(model: ServedModel, artifacts: dict[str, str]) -> pd.DataFrame:

@@ -26,4 +26,5 @@ def test_unknown_name_lists_known_names_and_suggests() -> None:
 
 
 def test_text_architectures_are_registered() -> None:
-    assert {"bag_of_embeddings", "lstm", "transformer", "pretrained"} <= set(architectures.names())
+    assert {"fasttext", "lstm", "transformer", "sentence_embeddings",
+            "pretrained"} <= set(architectures.names())

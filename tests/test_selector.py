@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from helpers import select_for
 
@@ -23,8 +25,9 @@ def spec(n_train: int) -> DataSpec:
 def test_text_selection_runs_simple_to_recommended_with_reasons(make_cfg) -> None:
     cfg = make_cfg("selector.rules.small_data.min_train_samples=1500")
     sel = select_for(cfg, spec(9000), CPU)
-    assert [c.name for c in sel.candidates] == ["bag_of_embeddings", "lstm", "transformer",
+    assert [c.name for c in sel.candidates] == ["fasttext", "lstm", "transformer",
                                                 "pretrained"]
+    assert "sentence_embeddings" in sel.dropped  # 9,000 texts on CPU: fine-tuned
     assert sel.candidates[0].reasons[0].startswith("baseline (start simple)")
     assert all(c.reasons for c in sel.candidates)
     assert "median 19 words" in sel.candidates[1].reasons[0]
@@ -59,7 +62,7 @@ def test_candidates_restrict_and_order(make_cfg) -> None:
 def test_unknown_candidate_lists_known(make_cfg) -> None:
     cfg = make_cfg("selector.candidates=[lstm,bert]")
     with pytest.raises(ConfigError, match=r"selector.candidates: unknown architecture 'bert'.*"
-                       r"expected one of: bag_of_embeddings, lstm, pretrained, transformer"):
+                       r"expected one of: fasttext, lstm, pretrained, sentence_embeddings, transformer"):
         select_for(cfg, spec(9000), CPU)
 
 
@@ -68,3 +71,24 @@ def test_baseline_defaults_are_in_their_space(make_cfg) -> None:
     for c in sel.candidates:
         for k, v in c.defaults().items():
             assert c.space[k].contains(v), (c.name, k, v)
+
+
+@pytest.mark.parametrize(("n_train", "hw", "kept", "why"), [
+    (600, CPU, "sentence_embeddings", "only 600 training texts (< 1500) on CPU"),
+    (9000, CPU, "pretrained", "9000 training texts on CPU (1500 to 30000)"),
+    (50000, CPU, "sentence_embeddings", "50000 training texts (> 30000) on CPU"),
+    (600, GPU, "pretrained", "a GPU fine-tunes the encoder"),
+])
+def test_the_encoder_is_offered_one_way_by_data_size_and_hardware(
+        make_cfg, n_train: int, hw: Any, kept: str, why: str) -> None:
+    sel = select_for(make_cfg(), spec(n_train), hw)
+    names = [c.name for c in sel.candidates]
+    other = ({"sentence_embeddings", "pretrained"} - {kept}).pop()
+    assert kept in names and other not in names
+    assert sel.dropped[other].startswith(why)
+
+
+def test_the_encoder_rule_leaves_an_explicit_choice_alone(make_cfg) -> None:
+    cfg = make_cfg("selector.candidates=[sentence_embeddings,pretrained]")
+    assert [c.name for c in select_for(cfg, spec(600), CPU).candidates] == [
+        "sentence_embeddings", "pretrained"]

@@ -110,7 +110,7 @@ def test_text_model_reads_the_training_column_or_text(tmp_path: Path, text_csv: 
     frame.to_csv(train, index=False)
     cfg = compose_cfg(["data=csv", f"data.path={train}", "data.text_column=quote",
                        "data.target=mood", "data.max_samples=null", "search.n_trials=1",
-                       "selector.candidates=[bag_of_embeddings]", "search.max_epochs=8",
+                       "selector.candidates=[fasttext]", "search.max_epochs=8",
                        "search.patience=8"], tmp_path / "runs")
     result = run(cfg)
     store, uri = str(cfg.tracking.uri), "models:/archselect-text_classification@champion"

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from archselect.config.errors import ArchselectError
 from archselect.run import run
 
-SMALL = ["selector.candidates=[bag_of_embeddings,lstm]", "search.study_name=s1"]
+SMALL = ["selector.candidates=[fasttext,lstm]", "search.study_name=s1"]
 
 
 def _children(client: MlflowClient, exp_id: str, parent: str) -> list:
@@ -29,7 +29,7 @@ def test_two_trial_study_end_to_end_and_resume(make_cfg, tmp_path: Path) -> None
     study = optuna.load_study(study_name="s1", storage=storage)
     assert len(study.trials) == 2
     assert all(t.state.is_finished() for t in study.trials)
-    assert [t.params["arch"] for t in study.trials] == ["bag_of_embeddings", "lstm"]
+    assert [t.params["arch"] for t in study.trials] == ["fasttext", "lstm"]
     assert all(t.user_attrs["baseline"] for t in study.trials)
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -43,19 +43,19 @@ def test_two_trial_study_end_to_end_and_resume(make_cfg, tmp_path: Path) -> None
     assert "baseline_test_accuracy" in parent.data.metrics
     assert parent.data.tags["archselect.baseline"] == "majority class"
     children = _children(client, exp.experiment_id, parent.info.run_id)
-    assert sorted(c.info.run_name for c in children) == ["trial-0 bag_of_embeddings",
+    assert sorted(c.info.run_name for c in children) == ["trial-0 fasttext",
                                                           "trial-1 lstm"]
     for child in children:
         assert child.data.tags["archselect.state"] in ("COMPLETE", "PRUNED")
         assert child.info.status == "FINISHED"
-        assert child.data.params["arch"] in ("bag_of_embeddings", "lstm")
+        assert child.data.params["arch"] in ("fasttext", "lstm")
         history = client.get_metric_history(child.info.run_id, "val_f1")
         assert len(history) >= 1 and [m.step for m in history] == sorted(m.step for m in history)
         assert client.get_metric_history(child.info.run_id, "train_loss")
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config", "selection", "leaderboard", "plots", "optuna"} <= artifacts
     resolved = client.download_artifacts(parent.info.run_id, "config/resolved.yaml")
-    assert "bag_of_embeddings" in Path(resolved).read_text()
+    assert "fasttext" in Path(resolved).read_text()
 
     # The registered model loads back and predicts labels on raw strings.
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
@@ -95,7 +95,7 @@ def test_two_trial_study_end_to_end_and_resume(make_cfg, tmp_path: Path) -> None
 @pytest.mark.study
 def test_baseline_trials_are_not_pruned(make_cfg, tmp_path: Path) -> None:
     result = run(make_cfg(
-        "selector.candidates=[bag_of_embeddings]", "search.n_trials=1", "search.study_name=b",
+        "selector.candidates=[fasttext]", "search.n_trials=1", "search.study_name=b",
         "search.pruner._target_=optuna.pruners.ThresholdPruner", "+search.pruner.lower=0.99",
         "~search.pruner.n_startup_trials", "search.pruner.n_warmup_steps=0",
     ))
@@ -105,7 +105,7 @@ def test_baseline_trials_are_not_pruned(make_cfg, tmp_path: Path) -> None:
 @pytest.mark.study
 def test_pruned_trials_read_as_pruned_not_failed(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(
-        "selector.candidates=[bag_of_embeddings]", "search.n_trials=2", "search.study_name=p",
+        "selector.candidates=[fasttext]", "search.n_trials=2", "search.study_name=p",
         "search.enqueue_baselines=false",  # baselines are never pruned: they are the reference
         "search.pruner._target_=optuna.pruners.ThresholdPruner", "+search.pruner.lower=0.99",
         "~search.pruner.n_startup_trials", "search.pruner.n_warmup_steps=0",
@@ -129,12 +129,12 @@ def test_a_crashing_trial_is_failed_with_its_reason_and_the_study_goes_on(make_c
                                                                           tmp_path: Path) -> None:
     # An absurd learning rate makes the loss non-finite: a real failure, not a patched one.
     cfg = make_cfg(
-        "selector.candidates=[bag_of_embeddings,lstm]", "search.n_trials=2", "search.study_name=f",
-        "arch.bag_of_embeddings.optim.lr=1e30", "arch.bag_of_embeddings.space.lr.high=1e31",
+        "selector.candidates=[fasttext,lstm]", "search.n_trials=2", "search.study_name=f",
+        "arch.fasttext.optim.lr=1e30", "arch.fasttext.space.lr.high=1e31",
     )
     result = run(cfg)
     states = {r.arch: r.state for r in result.outcome.records}
-    assert states == {"bag_of_embeddings": "FAIL", "lstm": "COMPLETE"}
+    assert states == {"fasttext": "FAIL", "lstm": "COMPLETE"}
     failed = next(r for r in result.outcome.records if r.state == "FAIL")
     assert failed.reason and ("FloatingPointError" in failed.reason or "finite" in failed.reason)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -148,7 +148,7 @@ def test_a_crashing_trial_is_failed_with_its_reason_and_the_study_goes_on(make_c
 def test_dry_run_writes_nothing(make_cfg, tmp_path: Path) -> None:
     result = run(make_cfg("dry_run=true"))
     assert result.dry_run
-    assert next(c.name for c in result.selection.candidates) == "bag_of_embeddings"
+    assert next(c.name for c in result.selection.candidates) == "fasttext"
     assert not (tmp_path / "optuna.db").exists()
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -161,22 +161,22 @@ def test_resume_runs_the_baselines_not_yet_run_once(make_cfg, tmp_path: Path) ->
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = optuna.load_study(study_name="q", storage=storage)
     assert [(t.params["arch"], t.state.name) for t in study.trials] == [
-        ("bag_of_embeddings", "COMPLETE")]
+        ("fasttext", "COMPLETE")]
     run(make_cfg(*SMALL[:1], "search.study_name=q", "search.n_trials=2"))
     study = optuna.load_study(study_name="q", storage=storage)
     assert [(t.params["arch"], t.state.name) for t in study.trials] == [
-        ("bag_of_embeddings", "COMPLETE"), ("lstm", "COMPLETE")]
+        ("fasttext", "COMPLETE"), ("lstm", "COMPLETE")]
 
 
 @pytest.mark.study
 def test_resume_with_other_candidates_is_refused_before_writing(make_cfg, tmp_path: Path) -> None:
     from archselect.config.errors import ConfigError
 
-    run(make_cfg("selector.candidates=[bag_of_embeddings]", "search.study_name=r",
+    run(make_cfg("selector.candidates=[fasttext]", "search.study_name=r",
                  "search.n_trials=1"))
     with pytest.raises(ConfigError, match=r"search.study_name: study 'r' exists with a different "
                        "candidates"):
-        run(make_cfg("selector.candidates=[bag_of_embeddings,lstm]", "search.study_name=r",
+        run(make_cfg("selector.candidates=[fasttext,lstm]", "search.study_name=r",
                      "search.n_trials=1"))
     study = optuna.load_study(study_name="r", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert len(study.trials) == 1

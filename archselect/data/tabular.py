@@ -227,12 +227,20 @@ class TabularDataModule(BaseDataModule):
                                  "min": float(y.min()), "max": float(y.max())}
         self.spec = DataSpec(
             kind="tabular", num_classes=len(names), class_names=names,
-            n_features=int(self.x["train"].shape[1]), target_mean=mean, target_std=std,
+            n_features=int(self.x["train"].shape[1]), n_numeric=len(self.numeric),
+            cat_cardinalities=self._cardinalities(), target_mean=mean, target_std=std,
             data_hash=stable_hash(frame.to_csv(index=False), {k: v.tolist() for k, v in split.items()},
                                   self.target_kind, target, self.numeric, self.categorical),
             profile=profile,
         )
         return self.spec
+
+    def _cardinalities(self) -> list[int]:
+        """The width of each categorical column's one-hot block (its levels seen in training)."""
+        if not self.categorical:
+            return []
+        encoder = self.preprocessor.named_transformers_["categorical"][-1]
+        return [len(levels) for levels in encoder.categories_]
 
     def _sample(self, frame: pd.DataFrame, target: str) -> pd.DataFrame:
         """``data.max_samples`` rows (stratified for classes), or all of them."""

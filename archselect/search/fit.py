@@ -76,7 +76,8 @@ class Configuration:
 
     def module(self, family_cls: Any, spec: DataSpec) -> pl.LightningModule:
         """A fresh LightningModule of this configuration."""
-        optim = {k: self.optim[k] for k in ("lr", "weight_decay", "class_weight")
+        optim = {k: self.optim[k] for k in ("lr", "weight_decay", "class_weight",
+                                            "label_smoothing", "schedule", "optimizer")
                  if k in self.optim}
         return family_cls(arch=self.arch, arch_kwargs=self.model, optim=optim,
                           spec=spec.to_dict(), max_epochs=self.max_epochs)

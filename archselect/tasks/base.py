@@ -61,8 +61,21 @@ class FamilyModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=float(self.hparams["optim"]["lr"]),
-                                weight_decay=float(self.hparams["optim"]["weight_decay"]))
+        settings = self.hparams["optim"]
+        opt: torch.optim.Optimizer
+        if settings.get("optimizer", "adamw") == "adagrad":  # takes sparse embedding gradients
+            opt = torch.optim.Adagrad(params, lr=float(settings["lr"]),
+                                      weight_decay=float(settings["weight_decay"]))
+        else:
+            opt = torch.optim.AdamW(params, lr=float(settings["lr"]),
+                                    weight_decay=float(settings["weight_decay"]))
+        if settings.get("schedule", "cosine") == "onecycle":
+            # Warm-up to lr over the first 30% of the steps, then annealing (Smith 2018).
+            steps = max(int(self.trainer.estimated_stepping_batches), 1)
+            cycle = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=float(settings["lr"]), total_steps=steps,
+                pct_start=0.3)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             opt, T_max=max(int(self.hparams["max_epochs"]), 1)
         )

@@ -39,6 +39,7 @@ class ClassificationModule(FamilyModule):
         self.loss = nn.CrossEntropyLoss()  # validation: unweighted, comparable across trials
         weights = class_weights(str(optim.get("class_weight", "none")), self.spec)
         self.register_buffer("class_weight", weights, persistent=False)
+        self.label_smoothing = float(optim.get("label_smoothing", 0.0))
         self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes=n, average="macro")
@@ -51,7 +52,8 @@ class ClassificationModule(FamilyModule):
         own: Any = getattr(self.model, "training_loss", None)
         loss = own(logits, y, weights) if own is not None else None
         if loss is None:
-            loss = nn.functional.cross_entropy(logits, y, weight=weights)
+            loss = nn.functional.cross_entropy(logits, y, weight=weights,
+                                               label_smoothing=self.label_smoothing)
         self.check_loss(loss)
         self.train_acc(logits, y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))

@@ -40,7 +40,11 @@ class RegressionModule(FamilyModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         pred, y = self.outputs(batch), batch["target"]
-        loss = self.loss(pred, y)
+        # An architecture may bring its own criterion (TabM trains each member on its own).
+        own: Any = getattr(self.model, "training_loss", None)
+        loss = own(pred, y) if own is not None else None
+        if loss is None:
+            loss = self.loss(pred, y)
         self.check_loss(loss)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
