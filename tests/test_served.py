@@ -103,14 +103,18 @@ def test_tabular_model_takes_whole_numbers_gaps_and_extra_columns(tmp_path: Path
         model.predict(read.drop(columns="rooms"))
 
 
-def test_text_model_reads_the_training_column_or_text(tmp_path: Path, text_csv: Path) -> None:
+@pytest.mark.parametrize("arch", ["fasttext", "sentence_embeddings"])
+def test_text_model_reads_the_training_column_or_text(tmp_path: Path, text_csv: Path,
+                                                      arch: str) -> None:
+    """Each way of reading texts (fastText's n-grams; a frozen encoder's embeddings) is made
+    again by the served model, in a fresh process, from the text as the user's file holds it."""
     frame = pd.read_csv(text_csv).rename(columns={"review": "quote", "stars": "mood"})
     frame.insert(1, "year", np.arange(len(frame)) % 30 + 1990)
     train = tmp_path / "quotes.csv"
     frame.to_csv(train, index=False)
     cfg = compose_cfg(["data=csv", f"data.path={train}", "data.text_column=quote",
                        "data.target=mood", "data.max_samples=null", "search.n_trials=1",
-                       "selector.candidates=[fasttext]", "search.max_epochs=8",
+                       f"selector.candidates=[{arch}]", "search.max_epochs=8",
                        "search.patience=8"], tmp_path / "runs")
     result = run(cfg)
     store, uri = str(cfg.tracking.uri), "models:/archselect-text_classification@champion"
