@@ -225,6 +225,8 @@ def _ensemble(outcome: StudyOutcome, best: TrialRecord, selection: Selection,
     from archselect.ensemble import combine, greedy_selection
 
     alone = Choice({best.number: 1.0}, float(best.value or 0.0))
+    if not getattr(family_cls, "ensembles", True):  # e.g. detections: nothing to average
+        return alone
     if not best.val_predictions or not Path(best.val_predictions).is_file():
         return alone
     reference = torch.load(best.val_predictions, weights_only=False)
@@ -494,8 +496,11 @@ def _export_onnx(module: Any, dm: BaseDataModule, tracker: Tracker, console: Con
     assert parent is not None
     arch = str(module.hparams["arch"])
     inputs = next(iter(dm.test_dataloader()))["inputs"]
+    refused = architectures.meta(arch).get("no_onnx")
     with tempfile.TemporaryDirectory() as tmp:
         try:
+            if refused:  # known not to export (or to crash the exporter): not attempted
+                raise RuntimeError(refused)
             done = export_onnx(module, inputs, Path(tmp) / "model.onnx", tolerance)
         except RuntimeError as exc:
             line = f"export.onnx: the best model ({arch}) was not exported: {exc}"

@@ -46,8 +46,11 @@ def selection_markdown(report: dict[str, Any]) -> str:
 def budget_line(n_trials: int, timeout: float | None, trial_timeout: float | None,
                 max_epochs: int, patience: int, monitor: str, storage: str) -> str:
     """The study's budget, as printed before the search."""
-    return (f"Budget: {n_trials} trials in the study, timeout {timeout}s, trial timeout "
-            f"{trial_timeout}s, at most {max_epochs} epochs per trial (early stopping after "
+    def seconds(value: float | None) -> str:
+        return "none" if value is None else f"{value:g}s"
+
+    return (f"Budget: {n_trials} trials in the study, timeout {seconds(timeout)}, trial timeout "
+            f"{seconds(trial_timeout)}, at most {max_epochs} epochs per trial (early stopping after "
             f"{patience} epochs without gain on {monitor}); storage {mask_secrets(storage)}")
 
 

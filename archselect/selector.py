@@ -253,11 +253,11 @@ def validation_rules(rules: RulesConfig, spec: DataSpec, refit: bool | None
     splits = spec.profile.get("splits", {})
     n_pool = int(splits.get("train", 0)) + int(splits.get("val", 0))
     unit = {"series": "windows", "sequences": "series", "text": "texts",
-            "image": "images"}.get(spec.kind, "rows")
+            "image": "images", "detection": "images"}.get(spec.kind, "rows")
     notes: list[str] = []
     folds = 1
     cv = rules.cross_validation
-    if cv is not None and n_pool <= cv.max_samples:
+    if cv is not None and n_pool <= cv.max_samples and spec.kind in (cv.kinds or [spec.kind]):
         folds = cv.series_folds if spec.kind == "series" else cv.folds
         if folds > 1:
             how = (f"rolling-origin validation over {folds} origins" if spec.kind == "series"
@@ -337,6 +337,11 @@ def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], ma
         for name, why in _encoder_rule(rules, spec, hw, names).items():
             names.remove(name)
             dropped[name] = why
+    if not hw.has_gpu and rules.no_gpu is not None and asked is None:
+        for name in rules.no_gpu.drop:
+            if name in names and len(names) > 1:
+                names.remove(name)
+                dropped[name] = "no GPU: too slow to train on CPU within the budget"
     tiny = rules.tiny_images
     tiny_fixed: dict[str, dict[str, Any]] = {}
     if tiny is not None and len(spec.input_shape) == 3 and max(spec.input_shape[1:]) <= tiny.max_side:
@@ -382,6 +387,12 @@ def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], ma
             if cap is not None and cap < cand.max_epochs:
                 cand.max_epochs = cap
                 cand.reasons.append(f"no GPU: at most {cap} epochs")
+            most = rules.no_gpu.max_image_size
+            edge = int(spec.input_shape[-1]) if spec.input_shape else 0
+            if spec.kind == "detection" and most is not None and edge > most:
+                cand.data["image_size"] = most
+                cand.reasons.append(f"no GPU: trained on {most}x{most} images instead of "
+                                    f"{edge}x{edge} (selector.rules.no_gpu.max_image_size)")
         long = rules.long_sequences
         steps = spec.input_shape[0] if len(spec.input_shape) == 2 else 0
         if long is not None and not hw.has_gpu and name in long.patch and steps > long.max_tokens:

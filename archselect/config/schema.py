@@ -122,10 +122,14 @@ class RowConfig:
 
 @dataclass
 class NoGpuRule:
-    """Without a GPU: hyperparameters fixed and epochs capped per architecture."""
+    """Without a GPU: hyperparameters fixed, epochs capped and heavy architectures dropped;
+    detection images capped in size."""
 
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_epochs: dict[str, int] = field(default_factory=dict)
+    drop: list[str] = field(default_factory=list)
+    #: detection: trials train on images at most this large (null: as prepared)
+    max_image_size: int | None = None
 
 
 @dataclass
@@ -174,6 +178,8 @@ class CrossValidationRule:
     max_samples: int = MISSING
     folds: int = MISSING
     series_folds: int = MISSING
+    #: the data kinds it applies to (null: all)
+    kinds: list[str] | None = None
 
 
 @dataclass
@@ -305,6 +311,15 @@ class SequenceDataConfig(LabelledDataConfig):
 
 
 @dataclass
+class DetectionDataConfig(DataConfig):
+    """Images with boxes: letterboxed to ``image_size`` (a square); bad annotations are an error,
+    or skipped and counted with ``skip_bad``."""
+
+    image_size: int = MISSING
+    skip_bad: bool = MISSING
+
+
+@dataclass
 class SourceConfig:
     """What every loader reads: its registry name and the data set's name."""
 
@@ -327,6 +342,28 @@ class ImageFolderSourceConfig(SourceConfig):
     path: str = MISSING
     image_size: int = MISSING
     channels: int = MISSING
+
+
+@dataclass
+class DetectionFolderSourceConfig(SourceConfig):
+    """A folder of images with boxes: COCO (``images/`` + ``annotations.json``) or YOLO
+    (``images/`` + ``labels/``, class names from ``classes.txt`` or ``classes``); with
+    ``train/``, ``val/``, ``test/`` sub-folders laid out the same way, their split is kept."""
+
+    path: str = MISSING
+    classes: list[str] | None = None
+
+
+@dataclass
+class SceneSourceConfig(SourceConfig):
+    """A generated detection set: ``images`` canvases of ``canvas`` pixels holding 1 to
+    ``max_objects`` objects each, written once (COCO format) under ``path``."""
+
+    path: str = MISSING
+    images: int = MISSING
+    canvas: int = MISSING
+    max_objects: int = MISSING
+    seed: int = MISSING
 
 
 def arch_configs(folder: Path = CONF_DIR / "arch") -> dict[str, Any]:

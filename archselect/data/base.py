@@ -63,6 +63,7 @@ class DataSpec:
         season_length: the season in steps, for the seasonal-naive baseline (forecasting).
         mase_scale: MASE's denominator (forecasting): the in-sample seasonal-naive error, the
             mean absolute seasonal difference over the training span (the classic scale).
+        max_boxes: the most boxes an image holds (detection: targets are padded to it).
         naive_mae: the seasonal-naive forecast's MAE on the test windows (forecasting:
             ``rel_mae``'s denominator, so rel_mae < 1 beats seasonal naive on the test span).
         data_hash: hash of the rows, the split and the preprocessing options.
@@ -85,6 +86,7 @@ class DataSpec:
     season_length: int = 1
     mase_scale: float = 1.0
     naive_mae: float = 1.0
+    max_boxes: int = 0
     data_hash: str = ""
     profile: dict[str, Any] = field(default_factory=dict)
 
