@@ -19,6 +19,8 @@ with pandas, and so does the study's reference (fitted on the train file). Sets:
 - forecasting: monthly electrical equipment orders (statsmodels ``elec_equip``, 12 ahead) and the
   Canadian lynx trappings (sktime ``Lynx``, yearly, 10 ahead); the test file is what follows
 - series classification: ItalyPowerDemand and JapaneseVowels (sktime wheel, published splits)
+- detection: generated circles, squares and triangles on 160x120 canvases, a YOLO folder (the
+  test folder's images read with PIL, the champion's boxes scored against its labels)
 
 Results merge into ``results/heldout.json`` set by set; ``heldout.md`` is the table.
 """
@@ -198,6 +200,53 @@ def lynx(folder: Path) -> tuple[list[str], dict[str, Any]]:
     return _series_set(folder, d, "year", "trappings", 10, 30)
 
 
+def _shape_scenes(folder: Path, n: int, seed: int) -> None:
+    """YOLO folder: 160x120 canvases (a colour gradient and noise) with one to five circles,
+    squares and triangles of 10-40 px in random colours, their boxes in labels/."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    w, h = 160, 120
+    xx = np.mgrid[0:h, 0:w][1]
+    for i in range(n):
+        base = rng.uniform(30, 220, 3) + (xx[..., None] / w) * rng.uniform(-60, 60, 3)
+        canvas = (base + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        img = Image.fromarray(canvas)
+        pen = ImageDraw.Draw(img)
+        lines, placed = [], []
+        for _ in range(int(rng.integers(1, 6))):
+            side = int(rng.integers(10, 41))
+            x0, y0 = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
+            if any(x0 < b[2] and b[0] < x0 + side and y0 < b[3] and b[1] < y0 + side
+                   for b in placed):
+                continue
+            c = int(rng.integers(0, 3))
+            ink = tuple(int(v) for v in rng.integers(0, 256, 3))
+            box = [x0, y0, x0 + side, y0 + side]
+            if c == 0:
+                pen.ellipse([x0, y0, x0 + side - 1, y0 + side - 1], fill=ink)
+            elif c == 1:
+                pen.rectangle([x0, y0, x0 + side - 1, y0 + side - 1], fill=ink)
+            else:
+                pen.polygon([(x0 + side / 2, y0), (x0, y0 + side - 1),
+                             (x0 + side - 1, y0 + side - 1)], fill=ink)
+            placed.append(box)
+            lines.append(f"{c} {(x0 + side / 2) / w:.6f} {(y0 + side / 2) / h:.6f} "
+                         f"{side / w:.6f} {side / h:.6f}")
+        img.save(folder / "images" / f"{i:04d}.png")
+        (folder / "labels" / f"{i:04d}.txt").write_text("\n".join(lines) + "\n")
+    (folder / "classes.txt").write_text("circle\nsquare\ntriangle\n")
+
+
+def shape_boxes(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    _shape_scenes(folder / "train", 700, SEED)
+    _shape_scenes(folder / "test", 150, SEED + 1)
+    return (["task=object_detection", "data=yolo", f"data.path={folder / 'train'}",
+             "data.image_size=160"], {"boxes": folder / "test"})
+
+
 def _archive(folder: Path, name: str) -> tuple[list[str], dict[str, Any]]:
     from archselect.data.sources import read_ts_file
 
@@ -247,6 +296,7 @@ OWN: dict[str, tuple[str, Callable[[Path], tuple[list[str], dict[str, Any]]]]] =
     "schools": ("tabular regression", schools),
     "equipment": ("forecasting", equipment), "lynx": ("forecasting", lynx),
     "italy_power": ("series classification", italy_power),
+    "shape_boxes": ("detection", shape_boxes),
     "vowels": ("series classification", vowels),
 }
 
@@ -268,6 +318,8 @@ def _external(result: Any, runs: Path, test: dict[str, Any]) -> dict[str, Any]:
     (found,) = list(runs.glob("checkpoints/*/reference-*.joblib")) or [None]
     reference = joblib.load(found) if found is not None else None
     out: dict[str, Any] = {}
+    if "boxes" in test:
+        return _external_boxes(model, test["boxes"], spec)
     if "folder" in test:  # images: one row per file, the pixels as arrays
         from PIL import Image
 
@@ -299,6 +351,38 @@ def _external(result: Any, runs: Path, test: dict[str, Any]) -> dict[str, Any]:
             out[who] = family.evaluate(torch.tensor(answer["prediction"].to_numpy()),
                                        torch.tensor(truth.to_numpy(dtype=float)), spec)
     return {k: {m: round(float(v), 4) for m, v in d.items()} for k, d in out.items()}
+
+
+def _external_boxes(model: Any, folder: Path, spec: Any) -> dict[str, Any]:
+    """The champion's detections on a YOLO test folder, read as a user would (PIL), against its
+    labels: COCO mAP in the images' own pixels."""
+    import torch
+    from PIL import Image
+
+    from archselect.data.detection import pad_boxes
+    from archselect.tasks.detection import mean_average_precision, pad_detections
+
+    files = sorted((folder / "images").glob("*.png"))
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in files]
+    answer = model.predict(pd.DataFrame({"image": images}))
+    index = {c: i for i, c in enumerate(spec.class_names)}
+    found, truth = [], []
+    for k, (path, img) in enumerate(zip(files, images, strict=True)):
+        rows = answer[answer["image_index"] == k]
+        found.append((torch.tensor(rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy(),
+                                   dtype=torch.float32).reshape(-1, 4),
+                      torch.tensor(rows["score"].to_numpy(), dtype=torch.float32),
+                      torch.tensor([index[str(v)] for v in rows["label"]], dtype=torch.float32)))
+        h, w = img.shape[:2]
+        lab = np.loadtxt(folder / "labels" / f"{path.stem}.txt", ndmin=2).reshape(-1, 5)
+        truth.append(torch.tensor(np.stack([(lab[:, 1] - lab[:, 3] / 2) * w,
+                                            (lab[:, 2] - lab[:, 4] / 2) * h,
+                                            (lab[:, 1] + lab[:, 3] / 2) * w,
+                                            (lab[:, 2] + lab[:, 4] / 2) * h, lab[:, 0]], 1),
+                                  dtype=torch.float32))
+    width = max(1, max(len(t) for t in truth))
+    got = mean_average_precision(pad_detections(found), pad_boxes(truth, width))
+    return {"final": {k: round(max(float(got[k]), 0.0), 4) for k in ("map", "map_50")}}
 
 
 def _external_forecast(model: Any, reference: Any, spec: Any, family: Any,

@@ -210,10 +210,11 @@ def test_detection_study_registers_a_model_that_answers_mlflow_models_predict(
         tmp_path: Path) -> None:
     from archselect.run import run
 
-    folder = write_coco(tmp_path / "coco", n=60, seed=5, size=(96, 96))
+    folder = write_coco(tmp_path / "coco", n=80, seed=5, size=(96, 96))
     cfg = compose_cfg(["task=object_detection", "data=coco", f"data.path={folder}",
                        "data.image_size=64", "selector.candidates=[yolo_style]",
-                       "search.n_trials=1", "search.max_epochs=3", "search.refit=false",
+                       "search.n_trials=1", "search.max_epochs=25", "search.patience=25",
+                       "search.refit=false",
                        "arch.yolo_style.model.score_threshold=0.01", "export.onnx=true"],
                       tmp_path / "runs")
     result = run(cfg)
@@ -242,3 +243,30 @@ def test_detection_study_registers_a_model_that_answers_mlflow_models_predict(
     # boxes in the input image's pixels (96x96, letterboxed to 64 for the model)
     assert answer[["x_min", "x_max", "y_min", "y_max"]].to_numpy().max() <= 96.0
     assert (answer["x_max"] >= answer["x_min"]).all() and (answer["score"] > 0).all()
+
+
+def test_without_a_gpu_only_light_detectors_and_smaller_images(make_cfg) -> None:
+    from helpers import select_for
+
+    from archselect.data.base import DataSpec
+    from archselect.hardware import HardwareProfile
+
+    cpu = HardwareProfile(cpu_cores=2, torch_threads=2, memory_gb=8.0)
+    gpu = HardwareProfile(cpu_cores=8, torch_threads=8, memory_gb=64.0,
+                          gpus=[{"name": "X", "memory_gb": 24.0, "bf16": True}],
+                          accelerator="gpu", precision="bf16-mixed")
+    spec = DataSpec(kind="detection", num_classes=2, class_names=CLASSES,
+                    input_shape=[3, 320, 320], max_boxes=3,
+                    profile={"splits": {"train": 700, "val": 150, "test": 150}})
+    cfg = make_cfg("task=object_detection")
+    on_cpu = select_for(cfg, spec, cpu)
+    assert [c.name for c in on_cpu.candidates] == ["yolo_style", "ssdlite"]
+    assert set(on_cpu.dropped) == {"fcos", "retinanet", "faster_rcnn"}
+    assert all(c.data["image_size"] == 256 for c in on_cpu.candidates)
+    assert any("trained on 256x256 images instead of 320x320" in r
+               for r in on_cpu.candidates[0].reasons)
+    assert on_cpu.folds == 1  # detection is not cross-validated
+    on_gpu = select_for(cfg, spec, gpu)
+    assert [c.name for c in on_gpu.candidates] == ["yolo_style", "ssdlite", "fcos", "retinanet",
+                                                   "faster_rcnn"]
+    assert "image_size" not in on_gpu.candidates[0].data
