@@ -130,9 +130,18 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
            if all(m.refitted for m in members) else ", partly refitted on train + val")
     modules = [family_cls.load_from_checkpoint(m.checkpoint, map_location="cpu")
                for m in members]
+    rule = None
+    if choice.scores is not None and len(modules) == 1:
+        # A rule over the outputs the data kind offers, chosen on the searched model's
+        # validation predictions, read as that model reads its data.
+        dm.for_trial(_option(modules[0]), batch_size=128, num_workers=0, **_data(modules[0]))
+        rule = dm.output_rule(choice.scores, choice.targets, family_cls)
+        if rule is not None:
+            console.print(f"Output rule: {rule[1]}", soft_wrap=True)
+            tracker.set_tags(parent, {"archselect.output_rule": rule[1]})
     tested = []
     for mod in modules:  # each with its own input pipeline (its tokenizer), rows in one order
-        dm.for_trial(_option(mod), batch_size=128, num_workers=0)
+        dm.for_trial(_option(mod), batch_size=128, num_workers=0, **_data(mod))
         tested.append(predict(mod, dm.ordered_loader("test"), hw))
     targets = tested[0].targets
     scores = combine({i: t.scores for i, t in enumerate(tested)},
@@ -140,6 +149,8 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
     if bias is not None:  # the decision rule chosen on validation
         scores = torch.softmax(torch.log(scores.clamp_min(1e-12)) + torch.tensor(bias), -1)
     preds = family_cls.decode_scores(scores)
+    if rule is not None:  # chosen on validation (e.g. the translation memory's exact matches)
+        preds = dm.apply_output_rule(preds, "test", rule[0])
     spec = modules[0].spec
     done.test_metrics = family_cls.evaluate(preds, targets, spec)
     own = dm.baseline("test")  # e.g. seasonal naive, which needs the series' history
@@ -180,6 +191,9 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
         console.print(f"[bold yellow]Warning[/]: {worse}", soft_wrap=True)
     figures = {**family_cls.figures(preds, targets, spec), **dm.extra_figures(preds, targets)}
     for name, fig in figures.items():
+        if isinstance(fig, str):  # a table (Markdown) rather than a picture
+            tracker.log_text(fig, name)
+            continue
         tracker.log_figure(fig, name)
         plt.close(fig)
     if served_reference is not None:
@@ -192,7 +206,7 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
                   metric_direction, spec.data_hash, reference=reference)
         return done
     _register(done, members, family_cls, dm, tracker, console, tracking, metric,
-              metric_direction, spec.data_hash, options=[_option(m) for m in modules])
+              metric_direction, spec.data_hash, options=[_inputs(m) for m in modules])
     if export.onnx:
         if len(modules) == 1:
             done.onnx_uri = _export_onnx(modules[0], dm, tracker, console, export.onnx_tolerance)
@@ -310,6 +324,19 @@ def _option(module: Any) -> str | None:
     return resolve(hp["arch_kwargs"]) if resolve else None
 
 
+def _data(module: Any) -> dict[str, Any]:
+    """The data settings ``module`` was trained with (a tokenizer layout, an image size...)."""
+    return dict(module.hparams.get("data") or {})
+
+
+#: what a member reads: its input option and its data settings (hashable, to compare members)
+Inputs = tuple[str | None, tuple[tuple[str, Any], ...]]
+
+
+def _inputs(module: Any) -> Inputs:
+    return _option(module), tuple(sorted(_data(module).items()))
+
+
 def _better(a: float, b: float, direction: str) -> bool:
     """Whether ``a`` is better than ``b`` in ``direction``."""
     return a > b if direction == "maximize" else a < b
@@ -384,7 +411,7 @@ def _refit(record: TrialRecord, selection: Selection, dm: BaseDataModule, hw: Ha
 def _register(done: Finished, members: list[Member], family_cls: Any, dm: BaseDataModule,
               tracker: Tracker, console: Console, tracking: TrackingConfig, metric: str,
               direction: str, data_hash: str, reference: Reference | None = None,
-              options: list[str | None] | None = None) -> None:
+              options: list[Inputs] | None = None) -> None:
     """Log the final model (its members, or the ``reference``) as a pyfunc and register it
     (once: a rerun finds its version), then move the champion alias when it beats the holder.
     Members whose input options differ (a pretrained tokenizer beside a trained one) each get
@@ -402,10 +429,10 @@ def _register(done: Finished, members: list[Member], family_cls: Any, dm: BaseDa
     else:
         key = "+".join(f"{m.record.number}" + ("" if len(members) == 1 else f":{m.weight:.3f}")
                        + ("+refit" if m.refitted else "") for m in members)
-    options = options or [None] * len(members)
+    options = options or [(None, ())] * len(members)
     with tempfile.TemporaryDirectory() as tmp:
         if members:
-            dm.for_trial(options[0], batch_size=128, num_workers=0)
+            dm.for_trial(options[0][0], batch_size=128, num_workers=0, **dict(options[0][1]))
         bundle = dm.serving_bundle(members[0].checkpoint if members else "", Path(tmp))
         codecs: list[Any] | None = None
         member_artifacts: dict[str, str] = {}
@@ -414,7 +441,7 @@ def _register(done: Finished, members: list[Member], family_cls: Any, dm: BaseDa
             for i, (m, option) in enumerate(zip(members, options, strict=True)):
                 if i == 0:
                     continue
-                dm.for_trial(option, batch_size=128, num_workers=0)
+                dm.for_trial(option[0], batch_size=128, num_workers=0, **dict(option[1]))
                 own = dm.serving_bundle(m.checkpoint, Path(tmp) / f"m{i}")
                 codecs.append(own.codec)
                 member_artifacts.update({f"{k}__m{i}": v for k, v in own.artifacts.items()})

@@ -55,6 +55,9 @@ class Maker:
     #: None where the reference cannot be served (forecasting)
     fit_model: Callable[[Any, Any], Any] | None = None
     describe: Callable[[Any], str] = str
+    #: the spec its scores are judged with, where it differs from the prepared data's (e.g. it
+    #: names the tokenizer that turns translations back into sentences)
+    spec: DataSpec | None = None
 
 
 @dataclass
@@ -91,6 +94,7 @@ def fit_reference(dm: BaseDataModule, family_cls: Any, task: Task, views: list[V
         return None
     start = time.monotonic()
     maker: Maker = references.get(spec.kind)(dm, spec)
+    spec = maker.spec or spec
     n_train, n_val = dm.pool_sizes()
     plain = View(fit=np.arange(n_train), check=np.arange(n_train, n_train + n_val))
     folds = [v or plain for v in views]
@@ -393,6 +397,32 @@ def series_reference(dm: Any, spec: DataSpec) -> Maker:
                  pool=pool_origins, test=dm.origins["test"],
                  pool_targets=targets(pool_origins), test_targets=targets(dm.origins["test"]),
                  describe=lambda o: f"trend {o[0]}, season {o[1]}")
+
+
+@references.register("text_pairs")
+def pairs_reference(dm: Any, spec: DataSpec) -> Maker:
+    """Copying the source, or retrieval: the target of the training source nearest to it
+    (cosine of TF-IDF character 2-4 grams, the translation memory of the data kind); the one
+    with the higher chrF on validation."""
+    from archselect.data.pairs import Memory, encode_targets
+
+    trial_spec = dm.for_trial(None, batch_size=64, num_workers=0)
+    path, width = str(trial_spec.profile["target_tokenizer"]), dm.width()
+    sources = [*dm.sources["train"], *dm.sources["val"], *dm.sources["test"]]
+    targets = [*dm.targets_text["train"], *dm.targets_text["val"], *dm.targets_text["test"]]
+    n_pool = len(dm.sources["train"]) + len(dm.sources["val"])
+
+    def fit_predict(setting: str, fit: np.ndarray, out: np.ndarray) -> torch.Tensor:
+        if setting == "copy":
+            return encode_targets([sources[i] for i in out], path, width)
+        memory = Memory([sources[i] for i in fit], [targets[i] for i in fit])
+        return encode_targets(memory.matches([sources[i] for i in out]), path, width)
+
+    return Maker(name="copy or retrieval (nearest training source's target)",
+                 settings=["copy", "retrieval"], fit_predict=fit_predict,
+                 pool=np.arange(n_pool), test=np.arange(n_pool, len(sources)),
+                 pool_targets=dm.pool_targets(), test_targets=dm.targets("test"),
+                 describe=str, spec=trial_spec)
 
 
 class ReferenceModel(_Quiet):

@@ -253,7 +253,8 @@ def validation_rules(rules: RulesConfig, spec: DataSpec, refit: bool | None
     splits = spec.profile.get("splits", {})
     n_pool = int(splits.get("train", 0)) + int(splits.get("val", 0))
     unit = {"series": "windows", "sequences": "series", "text": "texts",
-            "image": "images", "detection": "images"}.get(spec.kind, "rows")
+            "image": "images", "detection": "images",
+            "text_pairs": "pairs"}.get(spec.kind, "rows")
     notes: list[str] = []
     folds = 1
     cv = rules.cross_validation

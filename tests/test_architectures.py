@@ -4,6 +4,7 @@ covered as soon as it is registered and configured."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -94,6 +95,21 @@ DETECTION_SPECS = [DataSpec(kind="detection", num_classes=3, class_names=["a", "
                             input_shape=[3, 64, 64], max_boxes=4)]
 
 
+PAIRS_SPECS = [DataSpec(kind="text_pairs", vocab_size=60, pad_id=0, max_len=12,
+                        profile={"target_vocab": 60, "shared_vocab": True}),
+               DataSpec(kind="text_pairs", vocab_size=50, pad_id=0, max_len=12,
+                        profile={"target_vocab": 70, "shared_vocab": False})]
+
+
+def sentence_pairs(spec: DataSpec) -> dict[str, torch.Tensor]:
+    src = torch.randint(4, spec.vocab_size, (4, 9))
+    mask = torch.ones(4, 9, dtype=torch.bool)
+    src[1, 5:], mask[1, 5:] = 0, False
+    tgt_in = torch.randint(4, int(spec.profile["target_vocab"]), (4, 7))
+    tgt_in[:, 0] = 1
+    return {"src": src, "src_mask": mask, "tgt_in": tgt_in}
+
+
 # input kind -> (specs it claims, a batch of 4 for a spec)
 INPUTS: dict[str, tuple[list[DataSpec], Any]] = {
     "tokens": ([DataSpec(kind="text", num_classes=3, class_names=["a", "b", "c"],
@@ -111,6 +127,7 @@ INPUTS: dict[str, tuple[list[DataSpec], Any]] = {
     "vectors": ([DataSpec(kind="text", num_classes=3, class_names=["a", "b", "c"],
                           n_features=384)], vectors),
     "detection": (DETECTION_SPECS, detection_images),
+    "pairs": (PAIRS_SPECS, sentence_pairs),
 }
 
 
@@ -126,6 +143,9 @@ def test_builds_from_yaml_defaults_with_right_output_shape(make_cfg, name: str) 
     specs, make_inputs = INPUTS[kind]
     if kind == "detection":
         check_detector(name, model_kw, specs)
+        return
+    if kind == "pairs":
+        check_seq2seq(name, model_kw, specs)
         return
     for spec in specs:
         model = build(name, spec, **model_kw).eval() if kind == "image" else build(
@@ -158,6 +178,50 @@ def check_detector(name: str, model_kw: dict[str, Any], specs: list[DataSpec]) -
         total = torch.stack(list(losses.values())).sum()
         assert torch.isfinite(total) and total > 0
         total.backward()
+
+
+def check_seq2seq(name: str, model_kw: dict[str, Any], specs: list[DataSpec]) -> None:
+    """An encoder-decoder's two sides: teacher-forced log-probabilities ``[B, T, V]`` that
+    backpropagate, and greedy and beam translations ``[B, max_len + 1]`` of target ids."""
+    for spec in specs:
+        torch.manual_seed(0)
+        model = build(name, spec, **model_kw)
+        batch = sentence_pairs(spec)
+        logp = model(**batch)
+        v = int(spec.profile["target_vocab"])
+        assert logp.shape == (4, 7, v)
+        assert torch.allclose(logp.exp().sum(-1), torch.ones(4, 7), atol=1e-4)
+        (-logp[..., 5].mean()).backward()
+        model.eval()
+        for beam in (1, 3):
+            ids = model.generate(batch["src"], batch["src_mask"], beam_size=beam)
+            assert ids.shape == (4, spec.max_len + 1)
+            assert ((ids >= 0) & (ids < v)).all()
+
+
+def test_beam_search_finds_the_likeliest_sequence_of_a_known_model() -> None:
+    """A decoder whose next-token distribution is fixed (from its last token): beam search with
+    no length penalty returns the sequence of highest probability, which greedy misses."""
+    from archselect.architectures.seq2seq import Seq2Seq
+
+    table = torch.full((6, 6), -30.0)
+    table[1, 4], table[1, 5] = math.log(0.55), math.log(0.45)  # BOS -> 4 (0.55) or 5 (0.45)
+    table[4, 2], table[4, 3] = math.log(0.5), math.log(0.5)  # after 4: end or 3, even
+    table[5, 2] = 0.0  # after 5: surely the end
+    table[3, 2] = 0.0
+
+    class Fixed(Seq2Seq):
+        def start(self, src: torch.Tensor, src_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"src": src}
+
+        def step(self, state: dict[str, torch.Tensor], last: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            return torch.log_softmax(table[last], -1), state
+
+    model = Fixed(width=6, beam_size=2, length_penalty=0.0, max_length_ratio=4.0)
+    src, mask = torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool)
+    assert model.generate(src, mask, beam_size=1)[0, :2].tolist() == [4, 2]  # 0.55 * 0.5
+    assert model.generate(src, mask, beam_size=2)[0, :2].tolist() == [5, 2]  # 0.45 * 1.0
 
 
 def test_pretrained_trains_only_top_layers_when_asked() -> None:

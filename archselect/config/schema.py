@@ -311,6 +311,17 @@ class SequenceDataConfig(LabelledDataConfig):
 
 
 @dataclass
+class PairsDataConfig(DataConfig):
+    """Sentence pairs: the source and target columns, the subword vocabulary per tokenizer and
+    the most subwords a sentence keeps."""
+
+    source_column: str = MISSING
+    target_column: str = MISSING
+    vocab_size: int = MISSING
+    max_len: int = MISSING
+
+
+@dataclass
 class DetectionDataConfig(DataConfig):
     """Images with boxes: letterboxed to ``image_size`` (a square); bad annotations are an error,
     or skipped and counted with ``skip_bad``."""
@@ -352,6 +363,13 @@ class DetectionFolderSourceConfig(SourceConfig):
 
     path: str = MISSING
     classes: list[str] | None = None
+
+
+@dataclass
+class DjangoSourceConfig(SourceConfig):
+    """The built-in translation pairs: Django's English strings and their ``language``."""
+
+    language: str = MISSING
 
 
 @dataclass

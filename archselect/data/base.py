@@ -192,6 +192,18 @@ class BaseDataModule(pl.LightningDataModule):
         """Pictures of the best model's test predictions that only this data kind can draw."""
         return {}
 
+    def output_rule(self, scores: torch.Tensor, targets: torch.Tensor,
+                    family_cls: Any) -> tuple[Any, str] | None:
+        """A rule over the final model's outputs that this data kind offers, chosen on the
+        validation predictions (``scores``, ``targets``: the val split, in row order): its
+        setting (None: the outputs as they are) and the line that says what was chosen; None
+        when the kind has no such rule. The served model applies it too."""
+        return None
+
+    def apply_output_rule(self, preds: torch.Tensor, split: str, setting: Any) -> torch.Tensor:
+        """``preds`` of ``split`` with the rule's ``setting`` applied."""
+        return preds
+
     def targets(self, split: str) -> torch.Tensor:
         """The targets of a split, as the family trains on them."""
         raise NotImplementedError

@@ -80,7 +80,7 @@ class Configuration:
                                             "label_smoothing", "schedule", "optimizer")
                  if k in self.optim}
         return family_cls(arch=self.arch, arch_kwargs=self.model, optim=optim,
-                          spec=spec.to_dict(), max_epochs=self.max_epochs)
+                          spec=spec.to_dict(), max_epochs=self.max_epochs, data=dict(self.data))
 
 
 class BestEpoch(pl.Callback):

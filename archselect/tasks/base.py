@@ -40,10 +40,13 @@ class FamilyModule(pl.LightningModule):
         optim: ``lr`` and ``weight_decay`` for AdamW (cosine-annealed over ``max_epochs``).
         spec: the DataSpec as a dict.
         max_epochs: length of the learning-rate schedule.
+        data: the trial's data settings (augmentation, a tokenizer layout, an image size):
+            the test and the served model read the data as the model was trained on it.
     """
 
     def __init__(self, arch: str, arch_kwargs: dict[str, Any], optim: dict[str, Any],
-                 spec: dict[str, Any], max_epochs: int) -> None:
+                 spec: dict[str, Any], max_epochs: int,
+                 data: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.spec = DataSpec(**spec)

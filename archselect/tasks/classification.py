@@ -33,8 +33,9 @@ class ClassificationModule(FamilyModule):
     test_direction = "maximize"
 
     def __init__(self, arch: str, arch_kwargs: dict[str, Any], optim: dict[str, Any],
-                 spec: dict[str, Any], max_epochs: int) -> None:
-        super().__init__(arch, arch_kwargs, optim, spec, max_epochs)
+                 spec: dict[str, Any], max_epochs: int,
+                 data: dict[str, Any] | None = None) -> None:
+        super().__init__(arch, arch_kwargs, optim, spec, max_epochs, data)
         n = self.spec.num_classes
         self.loss = nn.CrossEntropyLoss()  # validation: unweighted, comparable across trials
         weights = class_weights(str(optim.get("class_weight", "none")), self.spec)

@@ -83,8 +83,9 @@ class DetectionModule(FamilyModule):
     ensembles = False
 
     def __init__(self, arch: str, arch_kwargs: dict[str, Any], optim: dict[str, Any],
-                 spec: dict[str, Any], max_epochs: int) -> None:
-        super().__init__(arch, arch_kwargs, optim, spec, max_epochs)
+                 spec: dict[str, Any], max_epochs: int,
+                 data: dict[str, Any] | None = None) -> None:
+        super().__init__(arch, arch_kwargs, optim, spec, max_epochs, data)
         from torchmetrics.detection import MeanAveragePrecision
 
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox")

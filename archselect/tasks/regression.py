@@ -25,8 +25,9 @@ class RegressionModule(FamilyModule):
     test_direction = "minimize"
 
     def __init__(self, arch: str, arch_kwargs: dict[str, Any], optim: dict[str, Any],
-                 spec: dict[str, Any], max_epochs: int) -> None:
-        super().__init__(arch, arch_kwargs, optim, spec, max_epochs)
+                 spec: dict[str, Any], max_epochs: int,
+                 data: dict[str, Any] | None = None) -> None:
+        super().__init__(arch, arch_kwargs, optim, spec, max_epochs, data)
         self.loss = nn.MSELoss()
         self.val_rmse = MeanSquaredError(squared=False)
         self.val_mae = MeanAbsoluteError()
