@@ -33,6 +33,9 @@ $(STAMP): pyproject.toml requirements.lock
 	# The time series archive files (GunPoint, BasicMotions, ArrowHead, airline) ship in this
 	# wheel; archselect reads them without importing it (its pins would downgrade pandas).
 	$(BIN)/python -m pip install -q --no-deps sktime==1.2.0
+	# Django's gettext catalogs are the built-in translation pairs (data=django_ui); archselect
+	# reads the .mo files without importing Django (its own dependencies are not needed).
+	$(BIN)/python -m pip install -q --no-deps django==5.2.20
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

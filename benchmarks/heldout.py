@@ -21,6 +21,8 @@ with pandas, and so does the study's reference (fitted on the train file). Sets:
 - series classification: ItalyPowerDemand and JapaneseVowels (sktime wheel, published splits)
 - detection: generated circles, squares and triangles on 160x120 canvases, a YOLO folder (the
   test folder's images read with PIL, the champion's boxes scored against its labels)
+- translation: GTK's (French) and GLib's (German) user-interface strings, from Debian's gettext
+  catalogs; the champion, the copy and the retrieval (from the train file) scored by chrF
 
 Results merge into ``results/heldout.json`` set by set; ``heldout.md`` is the table.
 """
@@ -247,6 +249,36 @@ def shape_boxes(folder: Path) -> tuple[list[str], dict[str, Any]]:
              "data.image_size=160"], {"boxes": folder / "test"})
 
 
+def _catalog_pairs(folder: Path, catalog: str, language: str
+                   ) -> tuple[list[str], dict[str, Any]]:
+    """English -> ``language`` strings of a Debian gettext catalog (``/usr/share/locale``;
+    GTK's and GLib's come with the browser the set-up installs), 80% to a TSV for archselect,
+    20% kept apart as the user's test file."""
+    import gettext
+
+    path = Path(f"/usr/share/locale/{language}/LC_MESSAGES/{catalog}.mo")
+    with path.open("rb") as fh:
+        catalog_map = gettext.GNUTranslations(fh)._catalog  # type: ignore[attr-defined]
+    rows = {str(k).strip(): str(v).strip() for k, v in catalog_map.items()
+            if isinstance(k, str) and k.strip() and str(v).strip() and k != v and "\x04" not in k}
+    frame = pd.DataFrame(list(rows.items()), columns=["english", "foreign"])
+    frame = frame[~frame["english"].str.contains("\n") & ~frame["foreign"].str.contains("\n")]
+    train, test = _split(frame, folder)
+    tsv = folder / "train.tsv"
+    pd.read_csv(train).to_csv(tsv, sep="\t", index=False)
+    return (["task=machine_translation", "data=pairs", f"data.path={tsv}",
+             "data.source_column=english", "data.target_column=foreign"],
+            {"pairs": test, "source": "english", "target": "foreign"})
+
+
+def gtk_fr(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    return _catalog_pairs(folder, "gtk30", "fr")
+
+
+def glib_de(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    return _catalog_pairs(folder, "glib20", "de")
+
+
 def _archive(folder: Path, name: str) -> tuple[list[str], dict[str, Any]]:
     from archselect.data.sources import read_ts_file
 
@@ -297,6 +329,7 @@ OWN: dict[str, tuple[str, Callable[[Path], tuple[list[str], dict[str, Any]]]]] =
     "equipment": ("forecasting", equipment), "lynx": ("forecasting", lynx),
     "italy_power": ("series classification", italy_power),
     "shape_boxes": ("detection", shape_boxes),
+    "gtk_fr": ("translation", gtk_fr), "glib_de": ("translation", glib_de),
     "vowels": ("series classification", vowels),
 }
 
@@ -320,6 +353,8 @@ def _external(result: Any, runs: Path, test: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "boxes" in test:
         return _external_boxes(model, test["boxes"], spec)
+    if "pairs" in test:
+        return _external_pairs(model, runs, test)
     if "folder" in test:  # images: one row per file, the pixels as arrays
         from PIL import Image
 
@@ -383,6 +418,26 @@ def _external_boxes(model: Any, folder: Path, spec: Any) -> dict[str, Any]:
     width = max(1, max(len(t) for t in truth))
     got = mean_average_precision(pad_detections(found), pad_boxes(truth, width))
     return {"final": {k: round(max(float(got[k]), 0.0), 4) for k in ("map", "map_50")}}
+
+
+def _external_pairs(model: Any, runs: Path, test: dict[str, Any]) -> dict[str, Any]:
+    """The champion's translations of the user's test file (read with pandas), and the copy and
+    retrieval references' (the memory of the training file), scored by sacrebleu."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    from archselect.data.pairs import Memory
+
+    frame = pd.read_csv(test["pairs"])
+    sources = frame[test["source"]].astype(str).tolist()
+    refs = frame[test["target"]].astype(str).tolist()
+    train = pd.read_csv(Path(str(test["pairs"])).with_name("train.csv"))
+    memory = Memory(train[test["source"]].astype(str).tolist(),
+                    train[test["target"]].astype(str).tolist())
+    outputs = {"final": model.predict(frame)["translation"].astype(str).tolist(),
+               "reference": memory.matches(sources), "copy": sources}
+    return {who: {"chrf": round(CHRF().corpus_score(hyp, [refs]).score, 4),
+                  "bleu": round(BLEU().corpus_score(hyp, [refs]).score, 4)}
+            for who, hyp in outputs.items()}
 
 
 def _external_forecast(model: Any, reference: Any, spec: Any, family: Any,

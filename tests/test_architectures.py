@@ -193,6 +193,12 @@ def check_seq2seq(name: str, model_kw: dict[str, Any], specs: list[DataSpec]) ->
         assert torch.allclose(logp.exp().sum(-1), torch.ones(4, 7), atol=1e-4)
         (-logp[..., 5].mean()).backward()
         model.eval()
+        with torch.no_grad():  # teacher forcing computes what decoding step by step does
+            forced = model(**batch)
+            state = model.start(batch["src"], batch["src_mask"])
+            for t in range(batch["tgt_in"].shape[1]):
+                stepped, state = model.step(state, batch["tgt_in"][:, t])
+                assert torch.allclose(stepped, forced[:, t], atol=1e-4)
         for beam in (1, 3):
             ids = model.generate(batch["src"], batch["src_mask"], beam_size=beam)
             assert ids.shape == (4, spec.max_len + 1)

@@ -110,10 +110,11 @@ class Seq2Seq(nn.Module):
 
 
 class LSTMAttention(Seq2Seq):
-    """A bidirectional LSTM encoder and an LSTM decoder with Luong (general) attention and input
-    feeding (Luong et al. 2015); with ``copy`` (a shared vocabulary), a pointer-generator (See et
-    al. 2017): the next subword is generated or copied from the source, mixed by a learned gate,
-    so names, placeholders and markup that a translation keeps pass through."""
+    """A bidirectional LSTM encoder and an LSTM decoder with Luong (general) attention (Luong et
+    al. 2015, without input feeding, so that teacher forcing runs the decoder over the whole
+    target at once); with ``copy`` (a shared vocabulary), a pointer-generator (See et al. 2017):
+    the next subword is generated or copied from the source, mixed by a learned gate, so names,
+    placeholders and markup that a translation keeps pass through."""
 
     def __init__(self, src_vocab: int, tgt_vocab: int, shared: bool, embed_dim: int,
                  hidden_size: int, num_layers: int, dropout: float, copy: bool,
@@ -126,7 +127,7 @@ class LSTMAttention(Seq2Seq):
         self.encoder = nn.LSTM(embed_dim, h, num_layers, batch_first=True, bidirectional=True,
                                dropout=dropout if num_layers > 1 else 0.0)
         self.bridge = nn.Linear(2 * h, h)
-        self.decoder = nn.LSTM(embed_dim + h, h, num_layers, batch_first=True,
+        self.decoder = nn.LSTM(embed_dim, h, num_layers, batch_first=True,
                                dropout=dropout if num_layers > 1 else 0.0)
         self.keys = nn.Linear(2 * h, h, bias=False)
         self.combine = nn.Linear(3 * h, h)
@@ -150,30 +151,40 @@ class LSTMAttention(Seq2Seq):
             return torch.tanh(self.bridge(both))
 
         return {"memory": memory, "keys": self.keys(memory), "mask": src_mask, "src": src,
-                "h": bridged(h_n), "c": bridged(c_n),
-                "feed": memory.new_zeros(b, self.hidden)}
+                "h": bridged(h_n), "c": bridged(c_n)}
+
+    def _output(self, q: torch.Tensor, x: torch.Tensor, state: State) -> torch.Tensor:
+        """Log-probabilities [B, T, V] from decoder states ``q`` [B, T, H] and the embedded
+        inputs ``x`` [B, T, E]: attention over the source, then generate or copy."""
+        score = torch.bmm(q, state["keys"].transpose(1, 2))  # [B, T, S]
+        score = score.masked_fill(~state["mask"][:, None, :], float("-inf"))
+        attn = torch.softmax(score, -1)
+        context = torch.bmm(attn, state["memory"])
+        feed = torch.tanh(self.combine(torch.cat([context, q], -1)))
+        logits = self.out(self.drop(feed)).float()
+        if self.gate is None:
+            return torch.log_softmax(logits, -1)
+        p_gen = torch.sigmoid(self.gate(torch.cat([context, q, x], -1))).float()
+        src = state["src"][:, None, :].expand(-1, q.shape[1], -1)
+        dist = (p_gen * torch.softmax(logits, -1)).scatter_add(2, src, (1 - p_gen) * attn.float())
+        return torch.log(dist.clamp_min(1e-12))
+
+    def _hc(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        return (state["h"].transpose(0, 1).contiguous(), state["c"].transpose(0, 1).contiguous())
+
+    def teacher(self, src: torch.Tensor, src_mask: torch.Tensor,
+                tgt_in: torch.Tensor) -> torch.Tensor:
+        state = self.start(src, src_mask)
+        x = self.drop(self.tgt_embed(tgt_in))
+        q, _ = self.decoder(x, self._hc(state))
+        return self._output(q, x, state)
 
     def step(self, state: State, last: torch.Tensor) -> tuple[torch.Tensor, State]:
-        x = self.drop(self.tgt_embed(last))
-        hc = (state["h"].transpose(0, 1).contiguous(), state["c"].transpose(0, 1).contiguous())
-        out, (h, c) = self.decoder(torch.cat([x, state["feed"]], -1)[:, None], hc)
-        q = out[:, 0]
-        score = torch.bmm(state["keys"], q[:, :, None])[..., 0]
-        score = score.masked_fill(~state["mask"], float("-inf"))
-        attn = torch.softmax(score, -1)
-        context = torch.bmm(attn[:, None], state["memory"])[:, 0]
-        feed = torch.tanh(self.combine(torch.cat([context, q], -1)))
-        logits = self.out(self.drop(feed))
-        if self.gate is None:
-            logp = torch.log_softmax(logits.float(), -1)
-        else:
-            p_gen = torch.sigmoid(self.gate(torch.cat([context, q, x], -1))).float()
-            dist = p_gen * torch.softmax(logits.float(), -1)
-            dist = dist.scatter_add(1, state["src"], (1 - p_gen) * attn.float())
-            logp = torch.log(dist.clamp_min(1e-12))
+        x = self.drop(self.tgt_embed(last))[:, None]
+        q, (h, c) = self.decoder(x, self._hc(state))
         new = dict(state)
-        new.update(h=h.transpose(0, 1), c=c.transpose(0, 1), feed=feed)
-        return logp, new
+        new.update(h=h.transpose(0, 1), c=c.transpose(0, 1))
+        return self._output(q, x, state)[:, 0], new
 
 
 def sinusoids(n: int, d: int) -> torch.Tensor:
