@@ -59,7 +59,8 @@ def one(overrides: list[str], name: str, trials: int, timeout: int) -> dict[str,
         start = time.perf_counter()
         result = benchlib.run_study(
             [*overrides, f"selector.candidates=[{name}]", f"search.n_trials={trials}",
-             f"search.timeout={timeout}", "search.ensemble_rounds=0",
+             f"search.timeout={timeout}", f"search.trial_timeout={timeout}",
+             "search.ensemble_rounds=0",
              "selector.references=false", f"search.study_name=candidate-{name}"], Path(tmp))
         wall = time.perf_counter() - start
     records = sorted(result.outcome.records, key=lambda r: r.number)
@@ -114,8 +115,6 @@ def main() -> None:
         parser.error(f"--sets: unknown {', '.join(unknown)}; expected some of {', '.join(SETS)}")
     info = benchlib.machine()
     benchlib.print_machine(info)
-    path = benchlib.RESULTS / "candidates.json"
-    sets: dict[str, Any] = json.loads(path.read_text()).get("sets", {}) if path.is_file() else {}
     for set_name in names:
         overrides = SETS[set_name]
         sel = selection(overrides)
@@ -129,12 +128,22 @@ def main() -> None:
                     "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
             print(f"{set_name} {cand.name}: {json.dumps(entry['candidates'][cand.name])[:300]}",
                   flush=True)
+            write(set_name, entry, args.trials, args.timeout, info)
         for cand_name, why in sel.dropped.items():
             entry["candidates"][cand_name] = {"dropped": why}
-        sets[set_name] = {**entry, "machine": benchlib.machine()}
-        benchlib.write_result("candidates", {"sets": sets, "trials": args.trials,
-                                             "timeout_s": args.timeout}, info)
-        (benchlib.RESULTS / "candidates.md").write_text(table(sets))
+        write(set_name, entry, args.trials, args.timeout, info)
+
+
+def write(set_name: str, entry: dict[str, Any], trials: int, timeout: int,
+          info: dict[str, Any]) -> None:
+    """Merge one set's entry into ``results/candidates.json`` (re-read first: another process
+    may be measuring other sets) and rewrite the table."""
+    path = benchlib.RESULTS / "candidates.json"
+    sets: dict[str, Any] = json.loads(path.read_text()).get("sets", {}) if path.is_file() else {}
+    sets[set_name] = {**entry, "machine": benchlib.machine()}
+    benchlib.write_result("candidates", {"sets": sets, "trials": trials, "timeout_s": timeout},
+                          info)
+    (benchlib.RESULTS / "candidates.md").write_text(table(sets))
 
 
 if __name__ == "__main__":

@@ -319,6 +319,8 @@ BUILTIN: dict[str, tuple[str, list[str]]] = {
                                                 "data=basic_motions"]),
     "arrow_head": ("series classification", ["task=time_series_classification",
                                              "data=arrow_head"]),
+    "digit_scenes": ("detection", ["task=object_detection"]),
+    "django_fr": ("translation", ["task=machine_translation"]),
 }
 OWN: dict[str, tuple[str, Callable[[Path], tuple[list[str], dict[str, Any]]]]] = {
     "debates": ("text", debates), "conventions": ("text", conventions),
@@ -565,11 +567,15 @@ def main() -> None:
     sets: dict[str, Any] = previous.get("sets", {})
     for name in names:
         try:
-            sets[name] = {**one(name), "machine": benchlib.machine()}
+            entry = {**one(name), "machine": benchlib.machine()}
         except Exception as exc:  # one set's failure is a row of the table, not the end
-            sets[name] = {"row": (BUILTIN.get(name) or OWN[name])[0],
-                          "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
-        print(f"{name}: {json.dumps(sets[name], default=str)[:600]}", flush=True)
+            entry = {"row": (BUILTIN.get(name) or OWN[name])[0],
+                     "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+        # Re-read before writing: another process may have added sets meanwhile.
+        if path.is_file():
+            sets = {**json.loads(path.read_text()).get("sets", {})}
+        sets[name] = entry
+        print(f"{name}: {json.dumps(entry, default=str)[:600]}", flush=True)
         benchlib.write_result("heldout", {"sets": sets}, info)
         (benchlib.RESULTS / "heldout.md").write_text(table(sets))
 
