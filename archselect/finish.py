@@ -386,7 +386,7 @@ def _refit(record: TrialRecord, selection: Selection, dm: BaseDataModule, hw: Ha
                      batch_size=int(config.optim["batch_size"]), epochs=epochs, validate=False)
     assert fitted.checkpoint is not None
     task = selection.task
-    spec = dm.prepare()
+    spec = fitted.module.spec  # the spec of the trial's own data (its tokenizer, for one)
     pool = dm.ordered_loader("pool")
 
     def fits(module: Any) -> float:

@@ -111,7 +111,7 @@ def test_translation_study_serves_raw_strings(tmp_path: Path) -> None:
                        "data.source_column=en", "data.target_column=fr", "data.vocab_size=300",
                        "data.max_len=16", "selector.candidates=[lstm_attention]",
                        "search.n_trials=1", "search.max_epochs=12", "search.patience=12",
-                       "search.refit=false", "arch.lstm_attention.model.hidden_size=128",
+                       "search.refit=true", "arch.lstm_attention.model.hidden_size=128",
                        "arch.lstm_attention.model.embed_dim=64"], tmp_path / "runs")
     result = run(cfg)
     assert set(result.test_metrics) == {"chrf", "bleu"}
