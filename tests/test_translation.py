@@ -101,6 +101,32 @@ def test_the_memory_never_finds_a_training_pair_itself(tmp_path: Path) -> None:
     assert memory.matches(["save the changes"]) == ["enregistrer"]
 
 
+def test_the_output_rule_falls_back_on_the_memory_and_tests_look_up_train_and_val(
+        tmp_path: Path) -> None:
+    """A model that answers nothing: the rule hands every sentence to the memory, which is then
+    retrieval; test sentences look up train + val pairs, validation ones train."""
+    from archselect.data.pairs import decode_ids
+    from archselect.tasks.seq2seq import Seq2SeqModule
+
+    path = tmp_path / "p.csv"
+    pairs(300).to_csv(path, index=False)
+    dm = dm_for(tmp_path, "data=pairs", f"data.path={path}", "data.source_column=en",
+                "data.target_column=fr")
+    spec = dm.for_trial(None, batch_size=8, num_workers=0)
+    targets = dm.targets("val")
+    nothing = torch.zeros_like(targets)
+    setting, line = dm.output_rule(nothing.float(), targets, Seq2SeqModule)
+    assert "replace the model's output (100% of validation" in line
+    out = decode_ids(dm.apply_output_rule(nothing, "val", setting),
+                     str(spec.profile["target_tokenizer"]))
+    assert out == dm.memory().matches(dm.sources["val"])
+    pool = dm.memory(pool=True)
+    assert len(pool.sources) == len(dm.sources["train"]) + len(dm.sources["val"])
+    test = decode_ids(dm.apply_output_rule(torch.zeros_like(dm.targets("test")), "test", 0.0),
+                      str(spec.profile["target_tokenizer"]))
+    assert test == pool.matches(dm.sources["test"])
+
+
 @pytest.mark.study
 def test_translation_study_serves_raw_strings(tmp_path: Path) -> None:
     from archselect.run import run

@@ -48,7 +48,7 @@ SPECIALS = ["[PAD]", "[BOS]", "[EOS]", "[SEP]"]
 TEXT_COLUMN = "text"
 #: similarities from which the translation memory's match replaces the model's output
 #: (the output rule picks one on validation, or none)
-FALLBACK_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+FALLBACK_THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 #: the tokenizer layouts a trial may use (``arch.<name>.data.tokenizer``)
 TOKENIZERS = ("shared", "separate")
 
@@ -262,7 +262,7 @@ class PairsDataModule(BaseDataModule):
         self.encoded: Encoded | None = None
         self.layout = "shared"
         self.use_memory = False
-        self._memory: Memory | None = None
+        self._memory: dict[bool, Memory] = {}
         #: the output rule's similarity threshold (None: the model always answers)
         self.fallback: float | None = None
         self.src_column, self.tgt_column = "", ""
@@ -339,11 +339,15 @@ class PairsDataModule(BaseDataModule):
         return self.spec
 
     # -- encoding ---------------------------------------------------------------------------
-    def memory(self) -> Memory:
-        """The training split as a translation memory."""
-        if self._memory is None:
-            self._memory = Memory(self.sources["train"], self.targets_text["train"])
-        return self._memory
+    def memory(self, pool: bool = False) -> Memory:
+        """The training split as a translation memory, or (``pool``) the training and the
+        validation pairs: what the test sentences and the served model look up, as the final
+        model has seen both (the retrieval reference's test answers do the same)."""
+        if pool not in self._memory:
+            splits = ("train", "val") if pool else ("train",)
+            self._memory[pool] = Memory([x for s in splits for x in self.sources[s]],
+                                        [y for s in splits for y in self.targets_text[s]])
+        return self._memory[pool]
 
     def encode(self, layout: str, memory: bool = False) -> Encoded:
         """Subword ids of every split for one tokenizer layout (with the translation memory's
@@ -352,7 +356,7 @@ class PairsDataModule(BaseDataModule):
         if layout not in TOKENIZERS:
             raise ConfigError("arch.<name>.data.tokenizer", "unknown tokenizer layout",
                               given=layout, allowed=TOKENIZERS)
-        folder = self.cache_dir / "pairs" / stable_hash(spec.data_hash, layout, memory, "bpe-v3")
+        folder = self.cache_dir / "pairs" / stable_hash(spec.data_hash, layout, memory, "bpe-v4")
         blob = folder / "encoded.pt"
         if blob.is_file():
             return Encoded(**torch.load(blob, weights_only=False))
@@ -367,7 +371,7 @@ class PairsDataModule(BaseDataModule):
             src_path, tgt_path = str(folder / "source.json"), str(folder / "target.json")
         n = self.cfg.max_len
         src_tok, tgt_tok = load_tokenizer(src_path), load_tokenizer(tgt_path)
-        matches = {s: (self.memory().pairs(self.sources[s], skip_self=s == "train")
+        matches = {s: (self.memory(s == "test").pairs(self.sources[s], skip_self=s == "train")
                        if memory else None) for s in SPLITS}
         enc = Encoded(
             src={s: source_ids(src_tok, self.sources[s], matches[s], n) for s in SPLITS},
@@ -448,8 +452,9 @@ class PairsDataModule(BaseDataModule):
 
     def _matches(self, split: str) -> tuple[list[str], np.ndarray]:
         """The translation memory's match (its target) and similarity for each sentence."""
-        index, sims = self.memory().search(self.sources[split], skip_self=split == "train")
-        return [self.targets_text["train"][i] for i in index], sims
+        memory = self.memory(split == "test")
+        index, sims = memory.search(self.sources[split], skip_self=split == "train")
+        return [memory.targets[i] for i in index], sims
 
     def apply_output_rule(self, preds: torch.Tensor, split: str, setting: Any) -> torch.Tensor:
         if setting is None:
@@ -492,7 +497,7 @@ class PairsDataModule(BaseDataModule):
                                  memory=self.use_memory, fallback=self.fallback)
         artifacts = {"source_tokenizer": enc.src_tokenizer, "target_tokenizer": enc.tgt_tokenizer}
         if self.use_memory or self.fallback is not None:
-            joblib.dump(self.memory(), folder / "memory.joblib")
+            joblib.dump(self.memory(pool=True), folder / "memory.joblib")
             artifacts["memory"] = str(folder / "memory.joblib")
         example = pd.DataFrame({self.src_column: self.sources["train"][:3]})
         output = pd.DataFrame({"translation": self.targets_text["train"][:3],
