@@ -52,6 +52,8 @@ class Finished:
     comparison: str = ""
     #: the decision rule's bias on the log-probabilities (imbalanced classes), if any
     bias: list[float] | None = None
+    #: the output rule chosen on validation (e.g. the translation memory's fallback), in words
+    output_rule: str = ""
 
 
 @dataclass
@@ -137,6 +139,7 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
         dm.for_trial(_option(modules[0]), batch_size=128, num_workers=0, **_data(modules[0]))
         rule = dm.output_rule(choice.scores, choice.targets, family_cls)
         if rule is not None:
+            done.output_rule = rule[1]
             console.print(f"Output rule: {rule[1]}", soft_wrap=True)
             tracker.set_tags(parent, {"archselect.output_rule": rule[1]})
     tested = []
@@ -239,13 +242,12 @@ def _ensemble(outcome: StudyOutcome, best: TrialRecord, selection: Selection,
     from archselect.ensemble import combine, greedy_selection
 
     alone = Choice({best.number: 1.0}, float(best.value or 0.0))
-    if not getattr(family_cls, "ensembles", True):  # e.g. detections: nothing to average
-        return alone
     if not best.val_predictions or not Path(best.val_predictions).is_file():
         return alone
     reference = torch.load(best.val_predictions, weights_only=False)
+    # The best trial's validation outputs choose the output rule even where nothing is mixed.
     alone.scores, alone.targets = reference["scores"], reference["targets"]
-    if rounds <= 0:
+    if rounds <= 0 or not getattr(family_cls, "ensembles", True):  # detections: no average
         return alone
     task = selection.task
     scores = {best.number: reference["scores"]}

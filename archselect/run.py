@@ -56,6 +56,8 @@ class RunResult:
     reference_metrics: dict[str, float] = field(default_factory=dict)
     #: how the final model compares with the reference on the test split (one phrase)
     comparison: str = ""
+    #: the output rule chosen on validation, in words (translation: the memory's fallback)
+    output_rule: str = ""
     baseline_metrics: dict[str, float] = field(default_factory=dict)
     parent_run_id: str | None = None
     model_uri: str | None = None
@@ -303,7 +305,7 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
         result.final_model, result.weights = done.model_name, done.weights
         result.reference_name = reference.name if reference is not None else ""
         result.reference_metrics = dict(reference.test_metrics) if reference is not None else {}
-        result.comparison = done.comparison
+        result.comparison, result.output_rule = done.comparison, done.output_rule
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

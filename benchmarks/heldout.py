@@ -497,6 +497,7 @@ def one(name: str) -> dict[str, Any]:
             "metric": family_metric, "test": _rounded(result.test_metrics),
             "reference": result.reference_name, "reference_test": _rounded(
                 result.reference_metrics),
+            "output_rule": result.output_rule,
             "baseline": result.baseline_name, "baseline_test": _rounded(result.baseline_metrics),
             "notes": [n for n in result.selection.notes if n.startswith(("small data", "refit",
                                                                          "imbalanced"))],
