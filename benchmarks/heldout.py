@@ -541,7 +541,8 @@ def table(sets: dict[str, Any]) -> str:
             f = e["test_file"]
             file = " / ".join(f"{f[w].get(metric, '')}" for w in ("final", "reference") if w in f)
         lines.append(
-            f"| {name} | {e['row']} | {'yes' if e['own'] else ''} | {metric} | {mine} | {ref} | "
+            f"| {name} | {e['row']} | {'yes' if e['own'] else ''} | {metric} | {mine} | "
+            f"{'none' if ref is None else ref} | "
             f"{e['baseline_test'].get(metric)} | {verdict} | {file} | {e['seconds'] / 60:.1f} "
             f"min | {e['final_model']} |")
     return "\n".join(lines) + "\n"

@@ -149,6 +149,25 @@ def quality(d: dict[str, Any]) -> str:
     return out + ("\n" + "\n".join(skipped) + "\n" if skipped else "")
 
 
+def heldout(d: dict[str, Any]) -> str:
+    import heldout as module
+
+    return ("Each set's study at its row's default budget; the final model and the row's reference "
+            "on the study's test split, and for the sets of our own (never used to tune a "
+            "default) the registered champion and the reference on a separate test file. "
+            "Measured set by set (two single-thread processes side by side on the 2 cores); "
+            "each set's time is in `results/heldout.json`.\n\n" + module.table(d["sets"]))
+
+
+def candidates(d: dict[str, Any]) -> str:
+    import candidates as module
+
+    return (f"Each candidate alone on a built-in set: up to {d['trials']} trials, "
+            f"{d['timeout_s']} s per study and per trial, no ensemble and no reference; refit "
+            "where the row refits. Seconds to its best: the training time of the trials up to "
+            "the one that reached the best validation value.\n\n" + module.table(d["sets"]))
+
+
 SECTIONS = [
     ("overhead", "1. Training overhead", overhead, QUICK),
     ("startup", "2. Start-up", startup, QUICK),
@@ -157,6 +176,10 @@ SECTIONS = [
     ("memory", "5. Memory across trials", memory, QUICK),
     ("quality", "6. Quality per budget", quality,
      "python benchmarks/quality.py --budgets 5,15 --rows text,image,tabular"),
+    ("heldout", "7. Every row against its reference, built-in sets and sets of our own", heldout,
+     "python benchmarks/heldout.py"),
+    ("candidates", "8. Each candidate alone", candidates,
+     "python benchmarks/candidates.py --trials 2 --timeout 120"),
 ]
 
 
