@@ -93,6 +93,9 @@ def table(sets: dict[str, Any]) -> str:
         for cand, e in entry["candidates"].items():
             if "dropped" in e:
                 lines.append(f"| {set_name} | {cand} | dropped: {e['dropped']} | | | | |")
+            elif "error" in e and "completed (0 failed" in e["error"]:
+                lines.append(f"| {set_name} | {cand} | no trial finished within the per-trial "
+                             "cap (its first epochs take longer) | | | | |")
             elif "error" in e:
                 lines.append(f"| {set_name} | {cand} | error: {e['error']} | | | | |")
             else:
