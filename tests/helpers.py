@@ -6,11 +6,14 @@ Test files import from here (never from each other); ``conftest.py`` turns these
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from archselect.config.compose import compose_config
 from archselect.config.validate import typed
@@ -91,3 +94,17 @@ def select_for(cfg: Any, spec: DataSpec, hw: HardwareProfile = CPU) -> Selection
     conf = typed(cfg)
     task = resolve_task(conf.task, conf.selector.table)
     return select(task, conf.selector, conf.arch, conf.search.max_epochs, spec, hw)
+
+
+def mlflow_models_predict(store: str, uri: str, request: Path) -> pd.DataFrame:
+    """``mlflow models predict -i <request> --env-manager local`` (``-t csv`` or ``json`` by the
+    request's suffix) against the tracking store ``store``; its predictions as a DataFrame."""
+    out = request.with_suffix(".cli.json")
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("mlflow")), "models", "predict", "-m", uri,
+         "-i", str(request), "-t", request.suffix.lstrip("."), "-o", str(out),
+         "--env-manager", "local"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return pd.DataFrame(json.loads(out.read_text())["predictions"])

@@ -5,9 +5,6 @@ boxes that move with the pixels, a short real study whose registered model answe
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import compose_cfg, config_datamodule
+from helpers import compose_cfg, config_datamodule, mlflow_models_predict
 
 from archselect.config.errors import ConfigError, DataError
 from archselect.tasks.detection import mean_average_precision, pad_detections
@@ -229,14 +226,7 @@ def test_detection_study_registers_a_model_that_answers_mlflow_models_predict(
     frame = pd.DataFrame({"image": [im.tolist() for im in images]})
     request = tmp_path / "in.json"
     request.write_text(json.dumps({"dataframe_split": frame.to_dict(orient="split")}))
-    out = tmp_path / "out.json"
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("mlflow")), "models", "predict", "-m", uri,
-         "-i", str(request), "-t", "json", "-o", str(out), "--env-manager", "local"],
-        env={**os.environ, "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True,
-        timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    answer = pd.DataFrame(json.loads(out.read_text())["predictions"])
+    answer = mlflow_models_predict(store, uri, request)
     assert list(answer.columns) == ["image_index", "label", "score", "x_min", "y_min", "x_max",
                                     "y_max"]
     assert set(answer["image_index"]) <= {0, 1, 2} and set(answer["label"]) <= set(CLASSES)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import compose_cfg, config_datamodule
+from helpers import compose_cfg, config_datamodule, mlflow_models_predict
 
 from archselect.run import run
 
@@ -41,18 +41,6 @@ def predict_fresh(store: str, uri: str, csv: Path, params: dict[str, Any] | None
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return pd.DataFrame(json.loads(out.read_text()))
-
-
-def mlflow_models_predict(store: str, uri: str, csv: Path) -> pd.DataFrame:
-    """``mlflow models predict -i <csv> -t csv --env-manager local``."""
-    out = csv.with_suffix(".cli.json")
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("mlflow")), "models", "predict", "-m", uri,
-         "-i", str(csv), "-t", "csv", "-o", str(out), "--env-manager", "local"],
-        env={**os.environ, "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True,
-        timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return pd.DataFrame(json.loads(out.read_text())["predictions"])
 
 
 def test_tabular_model_takes_whole_numbers_gaps_and_extra_columns(tmp_path: Path) -> None:

@@ -5,9 +5,6 @@ whose registered model translates raw strings through ``mlflow models predict``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import compose_cfg, config_datamodule
+from helpers import compose_cfg, config_datamodule, mlflow_models_predict
 
 from archselect.config.errors import ConfigError
 
@@ -150,14 +147,7 @@ def test_translation_study_serves_raw_strings(tmp_path: Path) -> None:
     request = tmp_path / "in.json"
     request.write_text(json.dumps({"dataframe_split": {
         "columns": ["text"], "data": [["the red car"], ["a small dog and a cat"], [long]]}}))
-    out = tmp_path / "out.json"
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("mlflow")), "models", "predict", "-m", uri,
-         "-i", str(request), "-t", "json", "-o", str(out), "--env-manager", "local"],
-        env={**os.environ, "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True,
-        timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    answer = pd.DataFrame(json.loads(out.read_text())["predictions"])
+    answer = mlflow_models_predict(store, uri, request)
     assert list(answer.columns) == ["translation", "truncated"]
     assert answer["truncated"].tolist() == [False, False, True]
     assert all(isinstance(t, str) for t in answer["translation"])
