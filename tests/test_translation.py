@@ -98,6 +98,24 @@ def test_the_memory_never_finds_a_training_pair_itself(tmp_path: Path) -> None:
     assert memory.matches(["save the changes"]) == ["enregistrer"]
 
 
+def test_a_match_is_repaired_where_the_sources_differ_by_a_placeholder_or_a_glossary_word(
+        ) -> None:
+    from archselect.data.pairs import Memory
+
+    memory = Memory(["Delete %(object)s", "Enter a valid date.", "Date", "Email", "Save",
+                     "Save and add another"],
+                    ["Supprimer %(object)s", "Saisissez une date valide.", "Date", "Courriel",
+                     "Enregistrer", "Enregistrer et ajouter un nouveau"])
+    answers, sims = memory.answers(["Delete %(name)s", "Enter a valid email.",
+                                    "Save and add %(model)s", "Delete it"])
+    assert answers[0] == "Supprimer %(name)s"  # the placeholder the query has
+    assert answers[1] == "Saisissez une courriel valide."  # the glossary, in the match's case
+    # a word for a placeholder, or a stretch the target does not hold once: left as it is
+    assert answers[2] == "Enregistrer et ajouter un nouveau"
+    assert answers[3] == "Supprimer %(object)s"
+    assert sims.shape == (4,) and (sims > 0).all()
+
+
 def test_the_output_rule_falls_back_on_the_memory_and_tests_look_up_train_and_val(
         tmp_path: Path) -> None:
     """A model that answers nothing: the rule hands every sentence to the memory, which is then
@@ -116,12 +134,12 @@ def test_the_output_rule_falls_back_on_the_memory_and_tests_look_up_train_and_va
     assert "replace the model's output (100% of validation" in line
     out = decode_ids(dm.apply_output_rule(nothing, "val", setting),
                      str(spec.profile["target_tokenizer"]))
-    assert out == dm.memory().matches(dm.sources["val"])
+    assert out == dm.memory().answers(dm.sources["val"])[0]
     pool = dm.memory(pool=True)
     assert len(pool.sources) == len(dm.sources["train"]) + len(dm.sources["val"])
     test = decode_ids(dm.apply_output_rule(torch.zeros_like(dm.targets("test")), "test", 0.0),
                       str(spec.profile["target_tokenizer"]))
-    assert test == pool.matches(dm.sources["test"])
+    assert test == pool.answers(dm.sources["test"])[0]
 
 
 @pytest.mark.study

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import gettext
 import importlib.metadata
+import re
 from dataclasses import dataclass, replace
+from difflib import SequenceMatcher
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -86,9 +88,18 @@ def load_django_ui(source: DjangoSourceConfig) -> pd.DataFrame:
 
 
 # -- the translation memory -------------------------------------------------------------------------
+#: the words of a sentence for fuzzy-match repair: a placeholder (%(name)s, %s, {name}) or a markup
+#: tag as one token, then words and single punctuation marks
+_PLACEHOLDER = r"%\(\w+\)[a-z]|%[a-z]|\{\w*\}|<[^>]+>"
+_WORDS = re.compile(_PLACEHOLDER + r"|\w+|[^\w\s]")
+#: the longest differing stretch (in tokens, on either side) that repair rewrites
+REPAIR_SPAN = 3
+
+
 class Memory:
     """The training pairs, searchable by source: the nearest training source to a sentence by
-    the cosine of TF-IDF character 2-4 grams (within words), and its target."""
+    the cosine of TF-IDF character 2-4 grams (within words), and its target; with fuzzy-match
+    repair of that target (``answers``)."""
 
     def __init__(self, sources: list[str], targets: list[str]) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -97,6 +108,42 @@ class Memory:
         self.vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4),
                                           sublinear_tf=True)
         self.matrix = self.vectorizer.fit_transform(sources)
+        #: the pairs whose source is a short phrase (at most REPAIR_SPAN words): a glossary
+        self.glossary: dict[str, str] = {}
+        for src, tgt in zip(self.sources, self.targets, strict=True):
+            if len(src.split()) <= REPAIR_SPAN:
+                self.glossary.setdefault(src.lower().strip(" .:"), tgt.strip(" .:"))
+
+    def repair(self, query: str, source: str, target: str) -> str:
+        """A match's target edited where its source and the query differ by a short stretch
+        (fuzzy-match repair, as translation-memory tools do): the stretch's glossary
+        translation swapped for the query's, or, where the target keeps the stretch as it is
+        (a placeholder, a name, a number), the query's stretch itself. A stretch that is not
+        found exactly once in the target is left; so is one that would swap a placeholder for
+        a word."""
+        q = [(m.group(), m.start(), m.end()) for m in _WORDS.finditer(query)]
+        s = [(m.group(), m.start(), m.end()) for m in _WORDS.finditer(source)]
+        matcher = SequenceMatcher(a=[w for w, _, _ in s], b=[w for w, _, _ in q], autojunk=False)
+        out = target
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            if tag != "replace" or max(i2 - i1, j2 - j1) > REPAIR_SPAN:
+                continue
+            old, new = source[s[i1][1]:s[i2 - 1][2]], query[q[j1][1]:q[j2 - 1][2]]
+            if bool(re.fullmatch(_PLACEHOLDER, old)) != bool(re.fullmatch(_PLACEHOLDER, new)):
+                continue
+            said, saying = self.glossary.get(old.lower()), self.glossary.get(new.lower())
+            if said and saying:
+                out = _swap_once(out, said, saying, fold_case=True)
+            else:
+                out = _swap_once(out, old, new, fold_case=False)
+        return out
+
+    def answers(self, queries: list[str]) -> tuple[list[str], np.ndarray]:
+        """Each query's nearest training pair's target, repaired (``repair``), and the
+        similarity of the two sources."""
+        index, sims = self.search(queries)
+        return [self.repair(q, self.sources[i], self.targets[i])
+                for q, i in zip(queries, index, strict=True)], sims
 
     def nearest(self, queries: list[str], *, skip_self: bool = False) -> np.ndarray:
         """The index of each query's nearest training source (``skip_self``: the queries are
@@ -126,6 +173,18 @@ class Memory:
         """The nearest training pair (source, target) of each query."""
         return [(self.sources[i], self.targets[i])
                 for i in self.nearest(queries, skip_self=skip_self)]
+
+
+def _swap_once(text: str, old: str, new: str, *, fold_case: bool) -> str:
+    """``text`` with ``old`` (a whole-word occurrence, the only one) replaced by ``new``; where
+    ``fold_case``, ``old`` is found in any case and ``new`` takes its first letter's case."""
+    pattern = re.compile(r"(?<!\w)" + re.escape(old) + r"(?!\w)", re.I if fold_case else 0)
+    found = pattern.findall(text)
+    if len(found) != 1 or not new:
+        return text
+    if fold_case and found[0][:1].islower() != new[:1].islower():
+        new = new[:1].swapcase() + new[1:]
+    return pattern.sub(lambda _: new, text)
 
 
 def source_ids(tok: Any, texts: list[str], matches: list[tuple[str, str]] | None,
@@ -429,8 +488,9 @@ class PairsDataModule(BaseDataModule):
     def output_rule(self, scores: torch.Tensor, targets: torch.Tensor,
                     family_cls: Any) -> tuple[Any, str] | None:
         """The translation memory as a fallback (as translation tools use one): where a
-        sentence's nearest training source is at least this similar, its translation replaces
-        the model's. The threshold with the best validation chrF, or none."""
+        sentence's nearest training source is at least this similar, its translation (repaired
+        where the sources differ by a placeholder or a glossary word) replaces the model's. The
+        threshold with the best validation chrF, or none."""
         spec = self._trial_spec()
 
         def chrf(preds: torch.Tensor) -> float:
@@ -451,10 +511,9 @@ class PairsDataModule(BaseDataModule):
                       f"chrF {tried[best]:.2f} on validation, the model alone {alone:.2f}")
 
     def _matches(self, split: str) -> tuple[list[str], np.ndarray]:
-        """The translation memory's match (its target) and similarity for each sentence."""
-        memory = self.memory(split == "test")
-        index, sims = memory.search(self.sources[split], skip_self=split == "train")
-        return [memory.targets[i] for i in index], sims
+        """The translation memory's answer (its match's target, repaired) and similarity for
+        each validation or test sentence."""
+        return self.memory(split == "test").answers(self.sources[split])
 
     def apply_output_rule(self, preds: torch.Tensor, split: str, setting: Any) -> torch.Tensor:
         if setting is None:
@@ -536,8 +595,8 @@ class TranslationCodec(Codec):
     or ``text``, or the only column), subword ids by the training source tokenizer (and, for a
     model trained with the translation memory, its match from the training pairs, artifact
     ``memory``); sentences out by the target tokenizer, in ``translation`` (or, where the
-    output rule chose a similarity ``fallback``, the memory match's translation for sentences at
-    least that similar to a training source), and ``truncated`` where a source was longer than
+    output rule chose a similarity ``fallback``, the memory match's translation, repaired, for
+    sentences at least that similar to a training source), and ``truncated`` where a source was longer than
     the model reads (it is translated from its first ``max_len`` subwords)."""
 
     def __init__(self, *, column: str, max_len: int, memory: bool = False,
@@ -565,17 +624,18 @@ class TranslationCodec(Codec):
         tok = load_tokenizer(self.source_path)
         cut = [len(e.ids) > self.max_len for e in tok.encode_batch(texts)]
         found: list[tuple[str, str]] = []
-        sims = np.zeros(len(texts))
+        fallback: list[str | None] = [None] * len(texts)
         if self.store is not None and texts:
             index, sims = self.store.search(texts)
             found = [(self.store.sources[i], self.store.targets[i]) for i in index]
+            if self.fallback is not None:
+                fallback = [self.store.repair(t, *m) if s >= self.fallback else None
+                            for t, m, s in zip(texts, found, sims, strict=True)]
         ids = source_ids(tok, texts, found if self.memory else None, self.max_len)
         batches = []
         for i in range(0, len(ids), 32):
             src, mask = pad_sources(ids[i : i + 32])
             batches.append({"src": src, "src_mask": mask})
-        fallback = [m[1] if self.fallback is not None and s >= self.fallback else None
-                    for m, s in zip(found, sims, strict=False)] or [None] * len(texts)
         return batches, (cut, fallback)
 
     def decode(self, outputs: torch.Tensor, keys: Any, params: dict[str, Any] | None
