@@ -6,6 +6,8 @@ on the same rows and scored the same way, so that every study answers "is the ne
 - image: an RBF support vector machine on the normalised pixels (training rows sub-sampled)
 - series classification: 1-nearest neighbour (Euclidean) on the standardised series
 - forecasting: exponential smoothing (ETS, statsmodels), refitted at every forecast origin
+- translation: copying the source, or retrieval (the nearest training source's translation)
+- image generation: per-pixel Gaussian samples
 
 Each reference picks its one setting (the regularisation, the learning rate, the trend) on the
 validation rows by the task's monitored metric, exactly as trials are scored: on the validation
@@ -421,6 +423,29 @@ def pairs_reference(dm: Any, spec: DataSpec) -> Maker:
     return Maker(name="copy or retrieval (nearest training source's target)",
                  settings=["copy", "retrieval"], fit_predict=fit_predict,
                  pool=np.arange(n_pool), test=np.arange(n_pool, len(sources)),
+                 pool_targets=dm.pool_targets(), test_targets=dm.targets("test"),
+                 describe=str, spec=trial_spec)
+
+
+@references.register("image_generation")
+def generation_reference(dm: Any, spec: DataSpec) -> Maker:
+    """Per-pixel Gaussian samples: each pixel drawn independently with the mean and standard
+    deviation of that pixel over the fitted images (no structure between pixels: the bar any
+    generator must clear)."""
+    trial_spec = dm.for_trial(None, batch_size=64, num_workers=0)
+    images = torch.cat([dm.images["train"], dm.images["val"], dm.images["test"]]).float()
+    n_pool = len(dm.images["train"]) + len(dm.images["val"])
+
+    def fit_predict(setting: str, fit: np.ndarray, out: np.ndarray) -> torch.Tensor:
+        chosen = images[torch.as_tensor(fit)]
+        mean, std = chosen.mean(0), chosen.std(0)
+        gen = torch.Generator().manual_seed(len(fit))
+        drawn = mean + std * torch.randn((len(out), *mean.shape), generator=gen)
+        return drawn.round().clamp(0, 255)
+
+    return Maker(name="per-pixel Gaussian (each pixel's mean and spread)",
+                 settings=["independent pixels"], fit_predict=fit_predict,
+                 pool=np.arange(n_pool), test=np.arange(n_pool, len(images)),
                  pool_targets=dm.pool_targets(), test_targets=dm.targets("test"),
                  describe=str, spec=trial_spec)
 

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from archselect import report
-from archselect.config.errors import ArchselectError, ContinuousTarget
+from archselect.config.errors import ArchselectError, ConfigError, ContinuousTarget
 from archselect.config.schema import ArchselectConfig
 from archselect.config.validate import typed, validate
 from archselect.data.base import BaseDataModule, DataSpec, open_datamodule
@@ -90,6 +90,21 @@ class Prepared:
     selection: Selection
 
 
+def open_data(conf: ArchselectConfig, kind: str, family_cls: Any, cache_dir: Path
+              ) -> BaseDataModule:
+    """The data module of ``kind`` for the config's ``data`` node (nothing read yet), drawing
+    images of a class where ``task.conditional`` asks (image generation only)."""
+    dm = open_datamodule(conf.data, kind, seed=conf.seed, cache_dir=cache_dir,
+                         target_kind=family_cls.target_kind)
+    if conf.task.conditional:
+        if not hasattr(dm, "conditional"):
+            raise ConfigError("task.conditional", f"{conf.task.name} has no classes to draw; only "
+                              "image_generation draws images of a class", given=True,
+                              allowed=[False], fix="drop task.conditional=true")
+        dm.conditional = True
+    return dm
+
+
 def prepare(conf: ArchselectConfig, console: Console) -> Prepared:
     """validate -> load + profile data -> profile hardware -> select. Writes to no store."""
     from archselect.tasks import families
@@ -99,12 +114,8 @@ def prepare(conf: ArchselectConfig, console: Console) -> Prepared:
     validate(conf)
     cache_dir = Path(conf.runs_dir).expanduser() / "cache"
 
-    def open_data(kind: str, family_cls: Any) -> BaseDataModule:
-        return open_datamodule(conf.data, kind, seed=conf.seed, cache_dir=cache_dir,
-                               target_kind=family_cls.target_kind)
-
     family_cls = families.get(task.family)
-    dm = open_data(task.data_kind, family_cls)
+    dm = open_data(conf, task.data_kind, family_cls, cache_dir)
     notes: list[str] = []
     with console.status("Loading and profiling the data..."):
         try:
@@ -117,7 +128,7 @@ def prepare(conf: ArchselectConfig, console: Console) -> Prepared:
             task, note = switched
             notes.append(note)
             family_cls = families.get(task.family)
-            dm = open_data(task.data_kind, family_cls)
+            dm = open_data(conf, task.data_kind, family_cls, cache_dir)
             spec = dm.prepare()
     hw = profile_hardware(conf.trainer.accelerator, conf.trainer.precision)
     selection = select(task, conf.selector, conf.arch, conf.search.max_epochs, spec, hw, notes,

@@ -162,6 +162,10 @@ class Tracker:
         assert self.parent_id
         self.client.log_text(self.parent_id, mask_secrets(text), name)
 
+    def log_image(self, run_id: str, image: Any, key: str, step: int) -> None:
+        """An image (uint8 ``H x W x C``) of a run at a step (MLflow's image history)."""
+        self.client.log_image(run_id, image, key=key, step=step)
+
     def log_figure(self, figure: Any, name: str) -> None:
         assert self.parent_id
         self.client.log_figure(self.parent_id, figure, name)
@@ -478,6 +482,10 @@ class EpochLogger(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._log(trainer, "val")
+            grid = getattr(pl_module, "epoch_grid", None)
+            if grid is not None:  # a generator's images of this epoch
+                self.tracker.log_image(self.run_id, grid, "samples",
+                                       step=self.step_offset + trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(trainer, "train")

@@ -81,12 +81,12 @@ def datamodule(kind: str, node: dict[str, Any], cache_dir: Path | str, seed: int
 
 def config_datamodule(cfg: Any, cache_dir: Path | str) -> BaseDataModule:
     """The data module a run of the composed ``cfg`` reads."""
-    conf = typed(cfg)
-    task = resolve_task(conf.task, conf.selector.table)
+    from archselect.run import open_data
     from archselect.tasks import families
 
-    return open_datamodule(conf.data, task.data_kind, seed=conf.seed, cache_dir=cache_dir,
-                           target_kind=families.get(task.family).target_kind)
+    conf = typed(cfg)
+    task = resolve_task(conf.task, conf.selector.table)
+    return open_data(conf, task.data_kind, families.get(task.family), Path(cache_dir))
 
 
 def select_for(cfg: Any, spec: DataSpec, hw: HardwareProfile = CPU) -> Selection:

@@ -25,6 +25,8 @@ class TaskConfig:
     name: str = MISSING
     monitor: str = MISSING
     direction: str = MISSING
+    #: image generation: images of a class (the labels go in); other rows have no classes to draw
+    conditional: bool = False
 
 
 @dataclass

@@ -305,10 +305,12 @@ def data_options(node: dict[str, Any], kind: str) -> DataOptions:
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     source = str(node.get("source"))
-    sources = [s for s in data_sources.names() if data_sources.meta(s).get("kind") in (None, kind)]
+    # a data kind reads its own sources, or those of the kind it names (``sources=``)
+    reads = datamodules.meta(kind).get("sources", kind)
+    sources = [s for s in data_sources.names() if data_sources.meta(s).get("kind") in (None, reads)]
     if source not in data_sources or source not in sources:
-        raise ConfigError("data.source", f"not a source of {kind} data", given=source,
-                          allowed=sources, fix=f"choose a {kind} data set (see conf/data/)")
+        raise ConfigError("data.source", f"not a source of {reads} data", given=source,
+                          allowed=sources, fix=f"choose a {reads} data set (see conf/data/)")
     kind_schema = datamodules.meta(kind)["schema"]
     source_schema = data_sources.meta(source).get("schema", SourceConfig)
     kind_keys = [f.name for f in fields(kind_schema)]

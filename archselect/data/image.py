@@ -39,6 +39,8 @@ class ImageDataModule(BaseDataModule):
     torchvision v2 augmentation (random affine, searchable strength) on training batches."""
 
     cfg: DataConfig
+    #: classes the data must hold (a classifier needs two; a generator none)
+    min_classes = 2
 
     def __init__(self, options: DataConfig, source: SourceConfig, *, seed: int,
                  cache_dir: str | Path, target_kind: str = "classes") -> None:
@@ -56,7 +58,7 @@ class ImageDataModule(BaseDataModule):
         images, label_str, bad, *rest = self.load_frame()
         skipped: list[str] = rest[0] if rest else []
         names = sorted(set(label_str), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
-        if len(names) < 2:
+        if len(names) < self.min_classes:
             raise DataError(f"data: only one class ({names[0]!r}); classification needs at least 2")
         labels = encode_labels(label_str, names)
         n = self.cfg.max_samples

@@ -208,7 +208,10 @@ def fit(config: Configuration, *, dm: BaseDataModule, view: View | None,
             devices=settings.devices,
             precision=hw.precision,  # type: ignore[arg-type]
             deterministic=settings.deterministic,
-            gradient_clip_val=settings.gradient_clip_val, accumulate_grad_batches=accumulate,
+            # a module that steps its own optimisers (a GAN) clips nothing by the trainer
+            gradient_clip_val=(settings.gradient_clip_val if module.automatic_optimization
+                               else None),
+            accumulate_grad_batches=accumulate if module.automatic_optimization else 1,
             callbacks=[*own, *(callbacks or [])], logger=False, enable_model_summary=False,
             enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar)
                                     for c in callbacks or []),
