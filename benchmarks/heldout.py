@@ -23,6 +23,8 @@ with pandas, and so does the study's reference (fitted on the train file). Sets:
   test folder's images read with PIL, the champion's boxes scored against its labels)
 - translation: GTK's (French) and GLib's (German) user-interface strings, from Debian's gettext
   catalogs; the champion, the copy and the retrieval (from the train file) scored by chrF
+- generation: the generated shapes and bars (32x32) as image folders; the champion draws as many
+  images as the test folder holds, scored by FID against it beside per-pixel Gaussian samples
 
 Results merge into ``results/heldout.json`` set by set; ``heldout.md`` is the table.
 """
@@ -139,6 +141,21 @@ def shapes(folder: Path) -> tuple[list[str], dict[str, Any]]:
 
 def bars(folder: Path) -> tuple[list[str], dict[str, Any]]:
     return _image_set(folder, _bar, ["horizontal", "vertical", "diagonal"])
+
+
+def _generation_set(folder: Path, draw: Callable[[Any, str, Any], None], classes: list[str]
+                    ) -> tuple[list[str], dict[str, Any]]:
+    overrides, test = _image_set(folder, draw, classes)
+    return (["task=image_generation", *overrides[1:]], {"drawn": test["folder"],
+                                                        "train": folder / "train"})
+
+
+def shapes_gen(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    return _generation_set(folder, _shape, ["circle", "square", "triangle"])
+
+
+def bars_gen(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    return _generation_set(folder, _bar, ["horizontal", "vertical", "diagonal"])
 
 
 def _statsmodels(name: str) -> pd.DataFrame:
@@ -321,6 +338,7 @@ BUILTIN: dict[str, tuple[str, list[str]]] = {
                                              "data=arrow_head"]),
     "digit_scenes": ("detection", ["task=object_detection"]),
     "django_fr": ("translation", ["task=machine_translation"]),
+    "digits_gen": ("generation", ["task=image_generation", "data=digits"]),
 }
 OWN: dict[str, tuple[str, Callable[[Path], tuple[list[str], dict[str, Any]]]]] = {
     "debates": ("text", debates), "conventions": ("text", conventions),
@@ -333,6 +351,7 @@ OWN: dict[str, tuple[str, Callable[[Path], tuple[list[str], dict[str, Any]]]]] =
     "shape_boxes": ("detection", shape_boxes),
     "gtk_fr": ("translation", gtk_fr), "glib_de": ("translation", glib_de),
     "vowels": ("series classification", vowels),
+    "shapes_gen": ("generation", shapes_gen), "bars_gen": ("generation", bars_gen),
 }
 
 
@@ -357,6 +376,8 @@ def _external(result: Any, runs: Path, test: dict[str, Any]) -> dict[str, Any]:
         return _external_boxes(model, test["boxes"], spec)
     if "pairs" in test:
         return _external_pairs(model, runs, test)
+    if "drawn" in test:
+        return _external_images(model, runs, test)
     if "folder" in test:  # images: one row per file, the pixels as arrays
         from PIL import Image
 
@@ -420,6 +441,30 @@ def _external_boxes(model: Any, folder: Path, spec: Any) -> dict[str, Any]:
     width = max(1, max(len(t) for t in truth))
     got = mean_average_precision(pad_detections(found), pad_boxes(truth, width))
     return {"final": {k: round(max(float(got[k]), 0.0), 4) for k in ("map", "map_50")}}
+
+
+def _external_images(model: Any, runs: Path, test: dict[str, Any]) -> dict[str, Any]:
+    """As many images drawn by the champion as the test folder holds, and as many per-pixel
+    Gaussian samples of the train folder, against the test folder's images (read with PIL): FID
+    and KID in the study's feature network."""
+    import torch
+    from PIL import Image
+
+    from archselect.data.generation import distances
+
+    def folder(path: Path) -> torch.Tensor:
+        arrays = [np.asarray(Image.open(p).convert("L")) for p in sorted(path.glob("*/*.png"))]
+        return torch.as_tensor(np.stack(arrays))[:, None]
+
+    real, train = folder(Path(test["drawn"])), folder(Path(test["train"])).float()
+    answer = model.predict(pd.DataFrame({"n": [len(real)], "seed": [SEED]}))
+    drawn = torch.as_tensor(np.stack([np.asarray(a, dtype=np.uint8) for a in answer["image"]]))
+    drawn = drawn[:, None] if drawn.ndim == 3 else drawn.permute(0, 3, 1, 2)
+    noise = torch.randn((len(real), *train.shape[1:]), generator=torch.Generator().manual_seed(SEED))
+    gaussian = (train.mean(0) + train.std(0) * noise).round().clamp(0, 255)
+    (net,) = list(runs.glob("cache/generation/*.pt"))
+    return {who: {k: round(v, 4) for k, v in distances(images, real, str(net)).items()}
+            for who, images in (("final", drawn), ("reference", gaussian))}
 
 
 def _external_pairs(model: Any, runs: Path, test: dict[str, Any]) -> dict[str, Any]:
@@ -531,7 +576,7 @@ def table(sets: dict[str, Any]) -> str:
             lines.append(f"| {name} | {e.get('row', '')} | | | error: {e['error']} | | | | | | |")
             continue
         metric = e["metric"]
-        lower = metric in ("rmse", "mae", "mase")
+        lower = metric in ("rmse", "mae", "mase", "fid")
         mine, ref = e["test"].get(metric), e["reference_test"].get(metric)
         verdict = ("" if mine is None or ref is None else
                    "**ahead**" if (mine < ref if lower else mine > ref) else

@@ -151,3 +151,18 @@ def test_an_image_folder_study_serves_images_of_a_class(tmp_path: Path) -> None:
     trial_runs = client.search_runs([parent.info.experiment_id],
                                     f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert any(client.list_artifacts(r.info.run_id, "images") for r in trial_runs)
+
+
+def test_without_a_gpu_the_diffusion_model_is_left_to_small_images(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from helpers import select_for
+
+    cfg = compose_cfg(DIGITS, tmp_path, cheap=False)  # the default budget's epochs
+    _dm, spec = digits_dm(tmp_path)
+    small = select_for(cfg, spec)
+    assert [c.name for c in small.candidates] == ["vae", "dcgan", "ddpm"]
+    assert next(c for c in small.candidates if c.name == "ddpm").max_epochs == 12
+    large = select_for(cfg, replace(spec, input_shape=[1, 28, 28]))
+    assert [c.name for c in large.candidates] == ["vae", "dcgan"]
+    assert "28x28 images (784 pixels > 256" in large.dropped["ddpm"]

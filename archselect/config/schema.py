@@ -132,6 +132,8 @@ class NoGpuRule:
     drop: list[str] = field(default_factory=list)
     #: detection: trials train on images at most this large (null: as prepared)
     max_image_size: int | None = None
+    #: architectures dropped on images of more pixels (height x width) than this
+    max_pixels: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
