@@ -345,11 +345,11 @@ def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], ma
                 dropped[name] = "no GPU: too slow to train on CPU within the budget"
         pixels = (int(spec.input_shape[1]) * int(spec.input_shape[2])
                   if len(spec.input_shape) == 3 else 0)
-        for name, most in rules.no_gpu.max_pixels.items():
-            if name in names and len(names) > 1 and pixels > most:
+        for name, limit in rules.no_gpu.max_pixels.items():
+            if name in names and len(names) > 1 and pixels > limit:
                 names.remove(name)
                 dropped[name] = (f"no GPU: {spec.input_shape[1]}x{spec.input_shape[2]} images "
-                                 f"({pixels} pixels > {most}, selector.rules.no_gpu.max_pixels) "
+                                 f"({pixels} pixels > {limit}, selector.rules.no_gpu.max_pixels) "
                                  "cost too much a step on CPU within the trial budget")
     tiny = rules.tiny_images
     tiny_fixed: dict[str, dict[str, Any]] = {}
