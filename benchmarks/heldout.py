@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -553,6 +554,8 @@ def one(name: str) -> dict[str, Any]:
         }
         if test is not None:
             entry["test_file"] = _external(result, runs, test)
+        for grid in runs.glob("artifacts/*/artifacts/plots/samples.png"):  # generation
+            shutil.copyfile(grid, benchlib.RESULTS / f"{name}_samples.png")
     return entry
 
 
