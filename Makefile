@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml requirements.lock
 		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
 		{ apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; } || \
 		echo "note: could not install dataset-fashion-mnist; data=fashion_mnist will say how"; fi
+	# espeak-ng synthesises the built-in spoken words (data=spoken_words, the audio row).
+	@if ! command -v espeak-ng >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q espeak-ng >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null; } || \
+		echo "note: could not install espeak-ng; data=spoken_words will say how"; fi
 	# Debian's Chromium, driven by Playwright in the dashboard test (never a downloaded browser).
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get install -y -q chromium >/dev/null 2>&1 || \

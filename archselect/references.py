@@ -8,6 +8,7 @@ on the same rows and scored the same way, so that every study answers "is the ne
 - forecasting: exponential smoothing (ETS, statsmodels), refitted at every forecast origin
 - translation: copying the source, or retrieval (the nearest training source's translation)
 - image generation: per-pixel Gaussian samples
+- audio: MFCC statistics + logistic regression
 
 Each reference picks its one setting (the regularisation, the learning rate, the trend) on the
 validation rows by the task's monitored metric, exactly as trials are scored: on the validation
@@ -355,6 +356,36 @@ def image_reference(dm: Any, spec: DataSpec) -> Maker:
     return _array_maker(dm, spec, "SVC (RBF) on pixels", [1.0, 10.0],
                         lambda c: SVC(C=c, gamma="scale", random_state=dm.seed),
                         lambda c: f"C={c:g}", max_fit_rows=5000)
+
+
+class _MfccStats:
+    """Flattened log-mel spectrograms -> their MFCC statistics (a scikit-learn transformer)."""
+
+    def __init__(self, shape: list[int]) -> None:
+        self.shape = list(shape)
+
+    def fit(self, x: np.ndarray, y: Any = None) -> _MfccStats:
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        from archselect.data.audio import mfcc_stats
+
+        batch = torch.as_tensor(np.asarray(x, dtype=np.float32)).view(-1, *self.shape)
+        return mfcc_stats(batch).numpy()
+
+
+@references.register("audio")
+def audio_reference(dm: Any, spec: DataSpec) -> Maker:
+    """Logistic regression on the clips' MFCC statistics (the mean and spread over time of 20
+    MFCCs), standardised; the regularisation picked on validation."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return _array_maker(dm, spec, "MFCC statistics + logistic regression", [0.1, 1.0, 10.0],
+                        lambda c: make_pipeline(_MfccStats(spec.input_shape), StandardScaler(),
+                                                LogisticRegression(C=c, max_iter=3000)),
+                        lambda c: f"C={c:g}")
 
 
 @references.register("sequences")

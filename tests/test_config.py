@@ -62,13 +62,15 @@ TABLE = OmegaConf.load(CONF / "selector" / "default.yaml").table
 BUILT = sorted(name for name, row in TABLE.items() if row.available)
 
 
-@pytest.mark.parametrize("task", sorted(set(TASKS) - set(BUILT)))
-def test_rows_not_built_yet_fail_clearly(make_cfg, task: str) -> None:
-    msg = precheck([f"task={task}", "data.max_samples=10"])
+def test_rows_not_built_yet_fail_clearly(make_cfg) -> None:
+    # Every row is built: one switched off in the table stands for a row not built yet.
+    task, off = "audio_classification", "selector.table.audio_classification.available=false"
+    built = [t for t in BUILT if t != task]
+    msg = precheck([f"task={task}", off, "data.max_samples=10"])
     assert msg is not None and "not available yet" in msg
-    cfg = make_cfg(f"task={task}", cheap=False)
+    cfg = make_cfg(f"task={task}", off, cheap=False)
     with pytest.raises(ConfigError, match=rf"task: task '{task}' is declared in the table but "
-                       f"not available yet.*expected one of: {', '.join(BUILT)}"):
+                       f"not available yet.*expected one of: {', '.join(built)}"):
         run(cfg)
     with pytest.raises(ConfigError):
         check_row(task, cfg.selector.table)

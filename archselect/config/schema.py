@@ -360,6 +360,31 @@ class ImageFolderSourceConfig(SourceConfig):
 
 
 @dataclass
+class AudioDataConfig(DataConfig):
+    """Sound clips: resampled to ``sample_rate``, mixed to mono, padded or cropped to
+    ``max_seconds``, read as ``n_mels`` log-mel bands."""
+
+    sample_rate: int = MISSING
+    max_seconds: float = MISSING
+    n_mels: int = MISSING
+
+
+@dataclass
+class AudioFolderSourceConfig(SourceConfig):
+    """A folder of class sub-folders of WAV files, or a CSV of ``path,label`` rows."""
+
+    path: str = MISSING
+
+
+@dataclass
+class SpokenWordsSourceConfig(SourceConfig):
+    """Command words synthesised once with espeak-ng into ``folder`` (many voices)."""
+
+    words: list[str] = MISSING
+    folder: str = MISSING
+
+
+@dataclass
 class DetectionFolderSourceConfig(SourceConfig):
     """A folder of images with boxes: COCO (``images/`` + ``annotations.json``) or YOLO
     (``images/`` + ``labels/``, class names from ``classes.txt`` or ``classes``); with
