@@ -35,6 +35,7 @@ from archselect.data.base import (
     BaseDataModule,
     DataSpec,
     ServingBundle,
+    augment_setting,
     class_balance,
     classes_line,
     data_sources,
@@ -289,14 +290,7 @@ class AudioDataModule(BaseDataModule):
 
     def for_trial(self, option: str | None, *, batch_size: int, num_workers: int,
                   **data_opts: Any) -> DataSpec:
-        unknown = sorted(set(data_opts) - {"augment"})
-        if unknown:
-            raise ConfigError("arch.<name>.data", "unknown audio data setting", given=unknown,
-                              allowed=["augment"])
-        self.augment = float(data_opts.get("augment", 0.0))
-        if not 0.0 <= self.augment <= 0.5:
-            raise ConfigError("arch.<name>.data.augment", "must be between 0 (off) and 0.5",
-                              given=self.augment)
+        self.augment = augment_setting(data_opts, "audio")
         self.batch_size, self.num_workers = batch_size, num_workers
         return self.prepare()
 

@@ -348,6 +348,20 @@ def open_datamodule(node: dict[str, Any], kind: str, *, seed: int, cache_dir: st
 
 
 # -- checks and helpers the kinds share ---------------------------------------------------------
+def augment_setting(data_opts: dict[str, Any], kind: str) -> float:
+    """A trial's ``augment`` strength (0 to 0.5; 0 when not given), the only data setting of
+    ``kind`` (image, audio)."""
+    unknown = sorted(set(data_opts) - {"augment"})
+    if unknown:
+        raise ConfigError("arch.<name>.data", f"unknown {kind} data setting", given=unknown,
+                          allowed=["augment"])
+    augment = float(data_opts.get("augment", 0.0))
+    if not 0.0 <= augment <= 0.5:
+        raise ConfigError("arch.<name>.data.augment", "must be between 0 (off) and 0.5",
+                          given=augment)
+    return augment
+
+
 def require_column(frame: pd.DataFrame, key: str, name: Any) -> str:
     """``name`` if it is a column of ``frame``; else a ConfigError for ``key`` listing them."""
     columns = [str(c) for c in frame.columns]

@@ -12,13 +12,14 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from archselect.config.errors import ConfigError, DataError
+from archselect.config.errors import DataError
 from archselect.config.schema import DataConfig, SourceConfig
 from archselect.data.base import (
     SPLITS,
     BaseDataModule,
     DataSpec,
     ServingBundle,
+    augment_setting,
     class_balance,
     classes_line,
     datamodules,
@@ -98,16 +99,9 @@ class ImageDataModule(BaseDataModule):
 
     def for_trial(self, option: str | None, *, batch_size: int, num_workers: int,
                   **data_opts: Any) -> DataSpec:
-        unknown = sorted(set(data_opts) - {"augment"})
-        if unknown:
-            raise ConfigError("arch.<name>.data", "unknown image data setting", given=unknown,
-                              allowed=["augment"])
+        self.augment = augment_setting(data_opts, "image")
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.augment = float(data_opts.get("augment", 0.0))
-        if not 0.0 <= self.augment <= 0.5:
-            raise ConfigError("arch.<name>.data.augment", "must be between 0 (off) and 0.5",
-                              given=self.augment)
         return self.prepare()
 
     def targets(self, split: str) -> torch.Tensor:
