@@ -23,6 +23,8 @@ with pandas, and so does the study's reference (fitted on the train file). Sets:
   test folder's images read with PIL, the champion's boxes scored against its labels)
 - translation: GTK's (French) and GLib's (German) user-interface strings, from Debian's gettext
   catalogs; the champion, the copy and the retrieval (from the train file) scored by chrF
+- audio: German digits (ten words) and Spanish colours (six) spoken by espeak-ng voices, the test
+  folder's voices never in the train folder; the champion classifies its WAV files' samples
 - generation: the generated shapes and bars (32x32) as image folders; the champion draws as many
   images as the test folder holds, scored by FID against it beside per-pixel Gaussian samples
 
@@ -157,6 +159,37 @@ def shapes_gen(folder: Path) -> tuple[list[str], dict[str, Any]]:
 
 def bars_gen(folder: Path) -> tuple[list[str], dict[str, Any]]:
     return _generation_set(folder, _bar, ["horizontal", "vertical", "diagonal"])
+
+
+def _voices_set(folder: Path, words: list[str], accents: list[str], variants: list[str]
+                ) -> tuple[list[str], dict[str, Any]]:
+    """Words spoken by espeak-ng voices into train/ and test/ folders of class sub-folders, the
+    test voices never heard in training (the last variant of every accent)."""
+    import subprocess
+
+    for accent in accents:
+        for v, variant in enumerate(variants):
+            part = "test" if v == len(variants) - 1 else "train"
+            for word in words:
+                for k, (speed, pitch) in enumerate([(130, 35), (170, 55), (210, 75)]):
+                    path = folder / part / word / f"{accent}+{variant}-{k}.wav"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    subprocess.run(["espeak-ng", "-v", f"{accent}+{variant}", "-s", str(speed),
+                                    "-p", str(pitch), "-w", str(path), word], check=True,
+                                   capture_output=True)
+    return (["task=audio_classification", "data=audio_folder",
+             f"data.path={folder / 'train'}"], {"clips": folder / "test"})
+
+
+def german_digits(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    return _voices_set(folder, ["null", "eins", "zwei", "drei", "vier", "fünf", "sechs",
+                                "sieben", "acht", "neun"], ["de"],
+                       ["m1", "m2", "m4", "m6", "f1", "f3", "f5", "klatt2", "Andy", "m3"])
+
+
+def spanish_colours(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    return _voices_set(folder, ["rojo", "verde", "azul", "negro", "blanco", "gris"],
+                       ["es", "es-419"], ["m1", "m4", "f2", "f5", "klatt3", "m7"])
 
 
 def _statsmodels(name: str) -> pd.DataFrame:
@@ -340,6 +373,7 @@ BUILTIN: dict[str, tuple[str, list[str]]] = {
     "digit_scenes": ("detection", ["task=object_detection"]),
     "django_fr": ("translation", ["task=machine_translation"]),
     "digits_gen": ("generation", ["task=image_generation", "data=digits"]),
+    "spoken_words": ("audio", ["task=audio_classification"]),
 }
 OWN: dict[str, tuple[str, Callable[[Path], tuple[list[str], dict[str, Any]]]]] = {
     "debates": ("text", debates), "conventions": ("text", conventions),
@@ -353,6 +387,7 @@ OWN: dict[str, tuple[str, Callable[[Path], tuple[list[str], dict[str, Any]]]]] =
     "gtk_fr": ("translation", gtk_fr), "glib_de": ("translation", glib_de),
     "vowels": ("series classification", vowels),
     "shapes_gen": ("generation", shapes_gen), "bars_gen": ("generation", bars_gen),
+    "german_digits": ("audio", german_digits), "spanish_colours": ("audio", spanish_colours),
 }
 
 
@@ -387,6 +422,16 @@ def _external(result: Any, runs: Path, test: dict[str, Any]) -> dict[str, Any]:
             rows.append(np.asarray(Image.open(path)).tolist())
             labels.append(path.parent.name)
         frame, truth = pd.DataFrame({"image": rows}), pd.Series(labels)
+    elif "clips" in test:  # sound files: the samples as arrays, with their rates
+        import soundfile
+
+        rows, rates, labels = [], [], []
+        for path in sorted(Path(test["clips"]).glob("*/*.wav")):
+            samples, rate = soundfile.read(path, dtype="float32")
+            rows.append(samples.tolist())
+            rates.append(rate)
+            labels.append(path.parent.name)
+        frame, truth = pd.DataFrame({"audio": rows, "sample_rate": rates}), pd.Series(labels)
     elif "history" in test:
         return _external_forecast(model, reference, spec, family, test)
     else:
