@@ -262,10 +262,12 @@ class GenerationDataModule(ImageDataModule):
         lines = [line for line in super().profile_lines() if line[0] != "samples"]
         moved = sum(prof["moved_to_train"].values())
         lines.insert(1, ("samples", f"{prof['samples']} ({splits_text(prof['splits'])})"
-                         + (f"; {moved} held-out images beyond {EVAL_IMAGES} a split train"
-                            if moved else "")))
+                         + (f"; {moved} images beyond {EVAL_IMAGES} per held-out split moved "
+                            "to train" if moved else "")))
         lines.append(("drawn", "images of a class (task.conditional=true)" if prof["conditional"]
                       else "images of any class (task.conditional=false)"))
+        lines.append(("distance", "FID and KID in the features of a small CNN trained on these "
+                      "training images: data-set-specific, not comparable with Inception FIDs"))
         return lines
 
     def serving_bundle(self, checkpoint: str, folder: Path) -> ServingBundle:
