@@ -81,8 +81,31 @@ def _main(cfg: DictConfig) -> None:
              "for the traceback)", code=1)
 
 
+#: the stack ``--version`` names beside archselect's own version
+STACK = ("torch", "lightning", "optuna", "mlflow", "hydra-core", "torchmetrics")
+
+
+def version_line() -> str:
+    """archselect's version and the installed stack's (read from package metadata: nothing
+    heavy is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from archselect import __version__
+
+    found = []
+    for name in STACK:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return f"archselect {__version__} ({', '.join(found)})"
+
+
 def main() -> None:
     """Console-script entry point."""
+    if "--version" in sys.argv[1:] or "-V" in sys.argv[1:]:
+        print(version_line())
+        return
     # Passwords in URLs go to environment variables before Hydra records the command line.
     sys.argv[1:] = hide_secrets(sys.argv[1:])
     problem = precheck(sys.argv[1:])

@@ -137,10 +137,14 @@ def prepare(conf: ArchselectConfig, console: Console) -> Prepared:
 
 
 def study_name_for(conf: ArchselectConfig, suffix: str = "") -> str:
-    """``search.study_name``, or ``<task>-<data>`` plus ``suffix`` (a multirun job's overrides)."""
+    """``search.study_name``, or ``<task>-<data>`` (and the file's or folder's name where the data
+    is the user's: two files under one task are two studies) plus ``suffix`` (a multirun job's
+    overrides)."""
     if conf.search.study_name:
         return conf.search.study_name
-    return f"{conf.task.name}-{conf.data.get('name')}{suffix}"
+    path = conf.data.get("path")
+    stem = f"-{Path(str(path)).expanduser().stem}" if path else ""
+    return f"{conf.task.name}-{conf.data.get('name')}{stem}{suffix}"
 
 
 def run(cfg: Any, console: Console | None = None, study_suffix: str = "") -> RunResult:

@@ -26,7 +26,7 @@ def test_select_returns_the_selection_as_data_and_writes_no_store(tmp_path: Path
 
     found = archselect.select("tabular_classification", frame(), target="churned",
                               runs_dir=tmp_path / "runs")
-    assert [c["name"] for c in found["candidates"]][0] == "perceptron"
+    assert found["candidates"][0]["name"] == "perceptron"
     assert found["monitor"] == "val_f1" and found["profile"]["samples"] == 240
     assert not (tmp_path / "runs" / "mlflow.db").exists()
 
@@ -35,10 +35,10 @@ def test_a_mistake_raises_the_commands_one_line(tmp_path: Path) -> None:
     import archselect
     from archselect.config.errors import ArchselectError
 
-    with pytest.raises(ArchselectError, match="data.target: no such column"):
+    with pytest.raises(ArchselectError, match=r"data\.target: no such column"):
         archselect.select("tabular_classification", frame(), target="label",
                           runs_dir=tmp_path / "runs")
-    with pytest.raises(ArchselectError, match="search.n_trails: unknown key"):
+    with pytest.raises(ArchselectError, match=r"search\.n_trails: unknown key"):
         archselect.fit("tabular_classification", frame(), target="churned",
                        overrides=["search.n_trails=2"], runs_dir=tmp_path / "runs")
 

@@ -45,8 +45,8 @@ def test_csv_study_via_hydra_multirun_one_study_per_job(tmp_path: Path, text_csv
     assert "Model registered as archselect-text_classification" in " ".join(proc.stdout.split())
     storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
     names = sorted(optuna.study.get_all_study_names(storage))
-    assert names == ["text_classification-csv[search.n_trials=1]",
-                     "text_classification-csv[search.n_trials=2]"]
+    assert names == ["text_classification-csv-reviews[search.n_trials=1]",
+                     "text_classification-csv-reviews[search.n_trials=2]"]
     counts = [len(optuna.load_study(study_name=n, storage=storage).trials) for n in names]
     assert counts == [1, 2]
 
@@ -63,4 +63,11 @@ def test_a_failing_multirun_job_does_not_stop_the_sweep(tmp_path: Path, text_csv
     assert errors[-1] == "archselect: error: 1 multirun job(s) failed: 0"
     storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
     assert optuna.study.get_all_study_names(storage) == [
-        "text_classification-csv[data.max_samples=200]"]
+        "text_classification-csv-reviews[data.max_samples=200]"]
+
+
+def test_version_names_archselect_and_its_stack(tmp_path: Path) -> None:
+    proc = archselect("--version", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip()
+    assert line.startswith("archselect 0.1.0 (torch ") and "lightning" in line and "Hydra" not in line

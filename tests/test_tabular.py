@@ -128,7 +128,7 @@ def test_a_continuous_target_selects_the_regression_row_by_itself(make_cfg,
     result = run(make_cfg("task=tabular_classification", "data=csv", f"data.path={path}",
                           "data.target=price", "search.n_trials=2", "search.max_epochs=20"))
     assert result.selection.task.name == "tabular_regression"
-    assert result.study_name == "tabular_regression-csv"
+    assert result.study_name == "tabular_regression-csv-prices"  # the file's name in it
     assert result.selection.notes[0].startswith("tabular_classification -> tabular_regression")
     assert set(result.test_metrics) == {"rmse", "mae", "r2"}
     assert result.test_metrics["rmse"] < result.baseline_metrics["rmse"]
