@@ -101,10 +101,57 @@ def version_line() -> str:
     return f"archselect {__version__} ({', '.join(found)})"
 
 
+def help_text() -> str:
+    """``archselect --help``: usage, the table's rows and their candidates, the most useful
+    overrides, examples, where results go (read from the packaged table; nothing heavy is
+    imported). Hydra's own config dump stays behind ``--hydra-help`` and ``--cfg job``."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    table = OmegaConf.load(str(files("archselect.conf") / "selector" / "default.yaml")).table
+    rows = [f"  {name:<28} {row.description}: {', '.join(row.candidates)}"
+            + ("" if row.available else "  (not available)") for name, row in table.items()]
+    return "\n".join([
+        "usage: archselect [task=<row>] [data=<set>] [key=value ...]",
+        "       archselect -m key=a,b ...        a grid of studies (Hydra multirun), one per value",
+        "       archselect --version",
+        "",
+        "Profiles your data and machine, picks candidate architectures for the task, tunes them",
+        "with Optuna, trains every trial with Lightning, logs to MLflow and registers the best model.",
+        "",
+        "Tasks (task=<row>: what it does: candidates, simple -> recommended):",
+        *rows,
+        "",
+        "Most useful overrides:",
+        "  data=csv data.path=FILE data.target=COL   your own table / texts (data=image_folder,",
+        "                                            audio_folder, pairs, yolo, coco: folders, pairs)",
+        "  search.n_trials=N search.timeout=SECONDS  the budget (trials in the study; seconds now)",
+        "  selector.candidates=[a,b]                 only these architectures, in this order",
+        "  dry_run=true                              the selection report only; nothing is trained",
+        "  search.study_name=NAME                    name a study (the same name resumes it)",
+        "",
+        "Examples:",
+        "  archselect task=text_classification",
+        "  archselect task=tabular_classification data=csv data.path=churn.csv data.target=churned",
+        "  archselect task=image_classification data=image_folder data.path=~/photos dry_run=true",
+        "  archselect -m task=tabular_classification search.n_trials=10,20",
+        "",
+        "Results: runs/ (runs_dir=...): runs/mlflow.db (MLflow; `make ui` or `mlflow ui",
+        "--backend-store-uri sqlite:///runs/mlflow.db`), runs/optuna.db (the studies); the best",
+        "model is registered as archselect-<task> with the alias @champion. Every key and its",
+        "default: archselect --cfg job (or --hydra-help). Errors print one line; HYDRA_FULL_ERROR=1",
+        "shows the traceback.",
+    ])
+
+
 def main() -> None:
     """Console-script entry point."""
     if "--version" in sys.argv[1:] or "-V" in sys.argv[1:]:
         print(version_line())
+        return
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        print(help_text())
         return
     # Passwords in URLs go to environment variables before Hydra records the command line.
     sys.argv[1:] = hide_secrets(sys.argv[1:])

@@ -71,3 +71,12 @@ def test_version_names_archselect_and_its_stack(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.strip()
     assert line.startswith("archselect 0.1.0 (torch ") and "lightning" in line and "Hydra" not in line
+
+
+def test_help_is_written_for_people_and_answers_at_once(tmp_path: Path) -> None:
+    proc = archselect("--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert text.startswith("usage: archselect") and "powered by Hydra" not in text
+    assert "  image_generation " in text and "vae, dcgan, ddpm" in text
+    assert "search.n_trials" in text and "dry_run=true" in text and "@champion" in text
