@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from archselect.data.base import DataSpec
@@ -92,8 +93,10 @@ def dashboard_hint(uri: str, experiment: str) -> str:
 def print_selection(console: Console, report: dict[str, Any]) -> None:
     """Print the data profile, the hardware profile and the candidates with their reasons."""
     hw, sel = report["hardware"], report["selection"]
+    # escaped: a multirun job's study name ends in its overrides, "[search.n_trials=2]", which
+    # rich would otherwise read as markup and drop
     console.rule(f"[bold]archselect[/] {sel['task']} ({sel['description']}) · study "
-                 f"{report['study']}")
+                 f"{escape(report['study'])}")
     data = Table(title="Data profile", show_header=False, title_justify="left")
     for label, text in report["profile_lines"]:
         data.add_row(label, text)

@@ -43,6 +43,8 @@ def test_csv_study_via_hydra_multirun_one_study_per_job(tmp_path: Path, text_csv
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Leaderboard" in proc.stdout
     assert "Model registered as archselect-text_classification" in " ".join(proc.stdout.split())
+    # each job's header names its study, overrides and all
+    assert "study text_classification-csv-reviews[search.n_trials=2]" in proc.stdout
     storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
     names = sorted(optuna.study.get_all_study_names(storage))
     assert names == ["text_classification-csv-reviews[search.n_trials=1]",
