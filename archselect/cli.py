@@ -47,7 +47,8 @@ def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
     """Print one error line to stderr and exit; in a multirun, let the other jobs run."""
     job = _job()
     if job is not None and code != 130:
-        print(f"archselect: error: job {job[0]}: {message}", file=sys.stderr)
+        which = f"job {job[0]}" + (f" [{','.join(job[1])}]" if job[1] else "")
+        print(f"archselect: error: {which}: {message}", file=sys.stderr)
         _failed_jobs.append(str(job[0]))
         return
     print(f"archselect: error: {message}", file=sys.stderr)

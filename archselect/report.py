@@ -69,25 +69,43 @@ def trial_line(console: Console, monitor: str, prefix: str = "") -> Any:
 
 def summary_line(outcome: StudyOutcome, model: str, test: dict[str, float],
                  model_name: str, model_version: int | None, model_uri: str | None,
-                 tracking_uri: str, experiment: str, comparison: str = "") -> str:
-    """The last line: time, what stopped the study, the final model (``model``: what was tested)
-    and its test metrics, how it compares with the reference, where it is, the dashboard."""
-    registered = (f"Model registered as [bold]{model_name}[/] version {model_version}. "
-                  if model_version else
-                  f"Model logged at {model_uri} (tracking.register=false). ")
-    return (f"[bold green]Done[/] in {outcome.elapsed_s:.0f}s (stopped by {outcome.stopped_by}). "
+                 tracking_uri: str, experiment: str, comparison: str = "",
+                 total_s: float | None = None) -> str:
+    """The last line: the command's time (and the search's), what stopped the study, the final
+    model (``model``: what was tested) and its test metrics, how it compares with the
+    reference, its URI and how to load it, the dashboard."""
+    uri = absolute_uri(tracking_uri)
+    loaded = (f"models:/{model_name}/{model_version}" if model_version else model_uri)
+    registered = (f"Model registered as [bold]{model_name}[/] version {model_version}"
+                  if model_version else f"Model logged at {model_uri} (tracking.register=false)")
+    load = (f"; load it: MLFLOW_TRACKING_URI={mask_secrets(uri)} then "
+            f"mlflow.pyfunc.load_model(\"{loaded}\"). " if loaded else ". ")
+    took = (f"{total_s:.0f}s (the search {outcome.elapsed_s:.0f}s)" if total_s is not None
+            else f"{outcome.elapsed_s:.0f}s")
+    return (f"[bold green]Done[/] in {took}, stopped by {outcome.stopped_by}. "
             f"Final model: {model}, test "
             + ", ".join(f"{k} {v:.4f}" for k, v in test.items()) + ". "
             + (f"{comparison[:1].upper()}{comparison[1:]}. " if comparison else "") + registered
-            + dashboard_hint(tracking_uri, experiment))
+            + load + dashboard_hint(uri, experiment))
+
+
+def absolute_uri(uri: str) -> str:
+    """A SQLite tracking URI with an absolute path (a relative one only works from the folder
+    the command ran in)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        from pathlib import Path
+
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
 
 
 def dashboard_hint(uri: str, experiment: str) -> str:
     """How to open the study in MLflow's dashboard."""
     if uri.startswith(("http://", "https://")):
         return f"Dashboard: open {mask_secrets(uri)} (experiment {experiment})"
-    return (f"Dashboard: mlflow ui --backend-store-uri {mask_secrets(uri)} --host 127.0.0.1 "
-            f"(then open the experiment {experiment})")
+    return (f"Dashboard: mlflow ui --backend-store-uri {mask_secrets(absolute_uri(uri))} "
+            f"--host 127.0.0.1 (then open the experiment {experiment})")
 
 
 def print_selection(console: Console, report: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import sys
+import time
 import warnings
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -158,6 +159,7 @@ def run(cfg: Any, console: Console | None = None, study_suffix: str = "") -> Run
     Raises:
         ArchselectError: for anything the user can fix (bad config, bad data, ...).
     """
+    started = time.monotonic()
     if console is None:
         # Piped output (logs, CI) gets a wide table instead of rich's 80-column default.
         console = Console() if sys.stdout.isatty() else Console(width=140)
@@ -194,7 +196,7 @@ def run(cfg: Any, console: Console | None = None, study_suffix: str = "") -> Run
     received: list[str] = []
     try:
         with interrupt_on_signals(received):  # SIGTERM / SIGHUP end it as cleanly as Ctrl-C
-            _study(cfg, conf, prep, result, study_name, sel_report, console)
+            _study(cfg, conf, prep, result, study_name, sel_report, console, started)
     except MlflowException as exc:  # the tracking store failed under the study
         raise store_error(exc, conf.tracking.uri) from None
     except (StorageInternalError, SQLAlchemyError) as exc:  # the study's store did
@@ -212,7 +214,7 @@ def run(cfg: Any, console: Console | None = None, study_suffix: str = "") -> Run
 
 
 def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, study_name: str,
-           sel_report: dict[str, Any], console: Console) -> None:
+           sel_report: dict[str, Any], console: Console, started: float) -> None:
     """The part that writes: open the stores, search, finish (test, register), report."""
     from archselect.finish import finish, log_optuna_plots
     from archselect.search import workers
@@ -332,7 +334,8 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
     console.print(report.summary_line(outcome, result.final_model, result.test_metrics,
                                       conf.tracking.model_name, result.model_version,
                                       result.model_uri, conf.tracking.uri,
-                                      conf.tracking.experiment, result.comparison),
+                                      conf.tracking.experiment, result.comparison,
+                                      total_s=time.monotonic() - started),
                   soft_wrap=True)  # one line, so the command can be copied
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
@@ -262,9 +264,12 @@ class Tracker:
                 )
                 version = None
                 if register_as:
-                    # Tagged as it is created: a rerun finds it (registered_version).
-                    mv = mlflow.register_model(info.model_uri, register_as, tags={
-                        RUN_TAG: self.parent_id, TRIAL_TAG: str(trial)})
+                    # Tagged as it is created: a rerun finds it (registered_version). MLflow's
+                    # own "Successfully registered" lines would land inside the report's
+                    # tables: the summary line says it.
+                    with contextlib.redirect_stderr(io.StringIO()):
+                        mv = mlflow.register_model(info.model_uri, register_as, tags={
+                            RUN_TAG: self.parent_id, TRIAL_TAG: str(trial)})
                     version = int(mv.version)
         except (OSError, MlflowException) as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:300]

@@ -61,7 +61,8 @@ def test_a_failing_multirun_job_does_not_stop_the_sweep(tmp_path: Path, text_csv
                       "search.n_trials=1", "data.max_samples=10,200", cwd=tmp_path)
     assert proc.returncode == 2
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("archselect: error")]
-    assert errors[0].startswith("archselect: error: job 0: data.max_samples: too few rows")
+    assert errors[0].startswith("archselect: error: job 0 [data.max_samples=10]: "
+                                "data.max_samples: too few rows")
     assert errors[-1] == "archselect: error: 1 multirun job(s) failed: 0"
     storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
     assert optuna.study.get_all_study_names(storage) == [
