@@ -160,7 +160,9 @@ def distances(fake: torch.Tensor, real: torch.Tensor, feature_net: str) -> dict[
             metric.update(real_u8[i : i + 256], real=True)
         for i in range(0, len(fake_u8), 256):
             metric.update(fake_u8[i : i + 256], real=False)
-    kid_mean, _ = kid.compute()
+    with torch.random.fork_rng():  # KID's subsets are drawn from torch's generator: seeded
+        torch.manual_seed(0)
+        kid_mean, _ = kid.compute()
     return {"fid": float(fid.compute()), "kid": float(kid_mean)}
 
 
