@@ -61,7 +61,8 @@ def test_an_audio_folder_of_mixed_rates_and_depths_reads_and_lists_broken_files(
     assert any("broken.wav" in b for b in prof["unreadable"])
     assert any("empty.wav" in b for b in prof["unreadable"])
     assert prof["sample_rates"] == RATES
-    assert spec.input_shape == [1, 40, 101]  # 1 s at 16 kHz, 10 ms hop
+    # data.max_seconds=null: the clips (0.4 to 0.9 s) are read 0.9 s long, 10 ms a frame
+    assert prof["max_seconds"] == 0.9 and spec.input_shape == [1, 40, 91]
     lines = dict(dm.profile_lines())
     assert "-> 16000 Hz mono" in lines["clips"] and "unreadable" in lines
 

@@ -362,10 +362,10 @@ class ImageFolderSourceConfig(SourceConfig):
 @dataclass
 class AudioDataConfig(DataConfig):
     """Sound clips: resampled to ``sample_rate``, mixed to mono, padded or cropped to
-    ``max_seconds``, read as ``n_mels`` log-mel bands."""
+    ``max_seconds`` (null: the clips' 95th percentile), read as ``n_mels`` log-mel bands."""
 
     sample_rate: int = MISSING
-    max_seconds: float = MISSING
+    max_seconds: float | None = MISSING
     n_mels: int = MISSING
 
 

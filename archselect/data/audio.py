@@ -55,6 +55,8 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
 ACCENTS = ["en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan"]
 VARIANTS = ["m1", "m3", "f2", "f4", "klatt", "Alicia"]
 RENDITIONS = [(140, 40), (180, 65)]  # words per minute, pitch
+#: the longest clip length (s) read; data.max_seconds=null picks the clips' 95th percentile up to it
+MAX_SECONDS = 30.0
 
 
 # -- reading clips ---------------------------------------------------------------------------------
@@ -216,13 +218,16 @@ class AudioDataModule(BaseDataModule):
         self.mean = 0.0
         self.std = 1.0
         self.augment = 0.0
+        #: the length every clip is padded or cropped to (``data.max_seconds``, or found)
+        self.seconds = 1.0
 
     def _check(self) -> None:
         c = self.cfg
         if c.sample_rate < 4000:
             raise ConfigError("data.sample_rate", "must be at least 4000 Hz", given=c.sample_rate)
-        if not 0.1 <= c.max_seconds <= 30:
-            raise ConfigError("data.max_seconds", "must be 0.1 to 30 seconds", given=c.max_seconds)
+        if c.max_seconds is not None and not 0.1 <= c.max_seconds <= MAX_SECONDS:
+            raise ConfigError("data.max_seconds", f"must be 0.1 to {MAX_SECONDS:g} seconds, or "
+                              "null (the clips' 95th percentile)", given=c.max_seconds)
         if not 8 <= c.n_mels <= 128:
             raise ConfigError("data.n_mels", "must be 8 to 128", given=c.n_mels)
 
@@ -249,14 +254,18 @@ class AudioDataModule(BaseDataModule):
                  stratified_split(labels, val_fraction=c.val_fraction,
                                   test_fraction=c.test_fraction, seed=self.seed))
         seconds = np.array([w.shape[-1] / r for w, r in zip(waves, rates, strict=True)])
+        # null: long enough for 95 % of the clips (whole tenths of a second), at most MAX_SECONDS
+        self.seconds = (float(c.max_seconds) if c.max_seconds is not None else
+                        min(MAX_SECONDS, max(0.1, float(np.ceil(np.percentile(seconds, 95) * 10)
+                                                        / 10))))
         data_hash = stable_hash([stable_hash(w.tobytes()) for w in waves], rates, labels.tolist(),
                                 {k: v.tolist() for k, v in split.items()}, c.sample_rate,
-                                c.max_seconds, c.n_mels, "logmel-v1")
+                                self.seconds, c.n_mels, "logmel-v1")
         cached = self.cache_dir / "audio" / f"{data_hash[:20]}.pt"
         if cached.is_file():
             feats = torch.load(cached, weights_only=True)
         else:
-            fixed = torch.stack([fixed_length(w, r, c.sample_rate, c.max_seconds)
+            fixed = torch.stack([fixed_length(w, r, c.sample_rate, self.seconds)
                                  for w, r in zip(waves, rates, strict=True)])
             feats = log_mel(fixed, c.sample_rate, c.n_mels)
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -277,7 +286,7 @@ class AudioDataModule(BaseDataModule):
             "seconds": {f"p{q}": round(float(np.percentile(seconds, q)), 2)
                         for q in (0, 50, 100)},
             "sample_rates": sorted({int(r) for r in rates}),
-            "cropped": int((seconds > c.max_seconds).sum()),
+            "cropped": int((seconds > self.seconds).sum()), "max_seconds": self.seconds,
             "split_by": "voice" if groups is not None else "class (stratified)",
             "groups": ({s: len({groups[i] for i in split[s]}) for s in SPLITS}
                        if groups is not None else None),
@@ -317,7 +326,9 @@ class AudioDataModule(BaseDataModule):
             ("samples", f"{prof['samples']} ({splits_text(prof['splits'])}); split by {split}"),
             ("clips", f"{sec['p0']} to {sec['p100']} s (median {sec['p50']}); sample rates "
              f"{', '.join(map(str, prof['sample_rates']))} Hz -> {self.cfg.sample_rate} Hz mono; "
-             f"{prof['cropped']} longer than {self.cfg.max_seconds} s cropped"
+             f"{prof['cropped']} longer than {prof['max_seconds']:g} s cropped"
+             + ("" if self.cfg.max_seconds is not None else
+                " (data.max_seconds=null: the clips' 95th percentile)")
              + ("; lengths differ more than 4x: check data.max_seconds"
                 if sec["p0"] and sec["p100"] / max(sec["p0"], 1e-9) > 4 else "")),
             ("features", f"log-mel {n_mels} bands x {frames} frames (10 ms)"),
@@ -334,7 +345,7 @@ class AudioDataModule(BaseDataModule):
         spec = self.prepare()
         c = self.cfg
         codec = AudioCodec(class_names=spec.class_names, sample_rate=c.sample_rate,
-                           max_seconds=c.max_seconds, n_mels=c.n_mels, mean=self.mean,
+                           max_seconds=self.seconds, n_mels=c.n_mels, mean=self.mean,
                            std=self.std)
         t = np.arange(int(0.2 * c.sample_rate)) / c.sample_rate
         tone = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
