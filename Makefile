@@ -25,6 +25,11 @@ $(STAMP): pyproject.toml requirements.lock
 		apt-get install -y -q espeak-ng >/dev/null 2>&1 || \
 		{ apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null; } || \
 		echo "note: could not install espeak-ng; data=spoken_words will say how"; fi
+	# PostgreSQL: the throwaway server of the study-storage test (tests/test_postgres.py).
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q postgresql >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; } || \
+		echo "note: could not install postgresql; its test will be skipped (CI fails it)"; fi
 	# Debian's Chromium, driven by Playwright in the dashboard test (never a downloaded browser).
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get install -y -q chromium >/dev/null 2>&1 || \
