@@ -110,6 +110,42 @@ def sentence_pairs(spec: DataSpec) -> dict[str, torch.Tensor]:
     return {"src": src, "src_mask": mask, "tgt_in": tgt_in}
 
 
+AUDIO_SPECS = [DataSpec(kind="audio", num_classes=3, class_names=["a", "b", "c"],
+                         input_shape=[1, 40, 101]),
+               DataSpec(kind="audio", num_classes=2, class_names=["a", "b"],
+                        input_shape=[1, 32, 57])]
+GENERATION_SPECS = [DataSpec(kind="image_generation", num_classes=10, input_shape=[1, 8, 8],
+                             profile={"conditional": False}),
+                    DataSpec(kind="image_generation", num_classes=2, input_shape=[3, 12, 12],
+                             profile={"conditional": True})]
+
+
+def spectrograms(spec: DataSpec) -> dict[str, torch.Tensor]:
+    return {"x": torch.randn(4, *spec.input_shape)}
+
+
+def check_generator(name: str, model_kw: dict[str, Any], specs: list[DataSpec]) -> None:
+    """A generator's two sides: four images in [0, 1] of the data's shape from four seeds (of
+    a class where conditional), and finite losses that backpropagate."""
+    for spec in specs:
+        torch.manual_seed(0)
+        model: Any = build(name, spec, **model_kw)
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.arange(4), torch.tensor([0, 1, 0, 1]))
+        assert out.shape == (4, *spec.input_shape)
+        assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+        model.train()
+        x = torch.rand(4, *spec.input_shape) * 2 - 1
+        label = torch.tensor([0, 1, 0, 1]) if spec.profile["conditional"] else None
+        if model.adversarial:
+            loss = model.discriminator_loss(x, label) + model.generator_loss(4, label)
+        else:
+            loss = model.loss(x, label)["loss"]
+        assert torch.isfinite(loss)
+        loss.backward()
+
+
 # input kind -> (specs it claims, a batch of 4 for a spec)
 INPUTS: dict[str, tuple[list[DataSpec], Any]] = {
     "tokens": ([DataSpec(kind="text", num_classes=3, class_names=["a", "b", "c"],
@@ -128,6 +164,8 @@ INPUTS: dict[str, tuple[list[DataSpec], Any]] = {
                           n_features=384)], vectors),
     "detection": (DETECTION_SPECS, detection_images),
     "pairs": (PAIRS_SPECS, sentence_pairs),
+    "audio": (AUDIO_SPECS, spectrograms),
+    "generation": (GENERATION_SPECS, lambda spec: {"seed": torch.arange(4)}),
 }
 
 
@@ -146,6 +184,9 @@ def test_builds_from_yaml_defaults_with_right_output_shape(make_cfg, name: str) 
         return
     if kind == "pairs":
         check_seq2seq(name, model_kw, specs)
+        return
+    if kind == "generation":
+        check_generator(name, model_kw, specs)
         return
     for spec in specs:
         model = build(name, spec, **model_kw).eval() if kind == "image" else build(

@@ -106,7 +106,7 @@ class AudioTransformer(nn.Module):
         b, _, _m, t = x.shape
         pad = (-t) % self.patch
         x = nn.functional.pad(x[:, 0], (0, pad))  # [B, M, T']
-        strips = x.unfold(-1, self.patch, self.patch)  # [B, M, n, p]
+        strips = x.reshape(b, x.shape[1], -1, self.patch)  # [B, M, n, p] (ONNX has no unfold)
         tokens = self.embed(strips.permute(0, 2, 1, 3).flatten(2))  # [B, n, d]
         h = torch.cat([self.cls.expand(b, -1, -1), tokens], 1) + self.pos[:, : tokens.shape[1] + 1]
         return self.head(self.norm(self.encoder(h))[:, 0])
