@@ -17,6 +17,18 @@ def mask_secrets(text: str) -> str:
     return _SECRET.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
+def scrub(text: str, url: str) -> str:
+    """``text`` (e.g. a database driver's message) with the password of ``url`` masked, and
+    every piece of it too: a driver that split the URL at a raw '@' in the password quotes the
+    rest as a host name."""
+    out = mask_secrets(text)
+    for m in _SECRET.finditer(url):
+        pieces = {m["pw"], *m["pw"].split("@")}
+        for piece in sorted((p for p in pieces if len(p) >= 3), key=len, reverse=True):
+            out = out.replace(piece, "***")
+    return out
+
+
 def hide_secrets(argv: list[str]) -> list[str]:
     """The command line with every URL password moved into an environment variable of this
     process (``${oc.env:ARCHSELECT_SECRET_<n>}`` in its place). Hydra records the overrides in

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from archselect.config.errors import ArchselectError, ConfigError
 from archselect.finish import Finished, _worse_than_baseline
 from archselect.run import run
-from archselect.secrets import hide_secrets, mask_secrets
+from archselect.secrets import hide_secrets, mask_secrets, scrub
 
 IRIS = ["task=tabular_classification", "data=iris", "trainer.progress_bar=false",
         "selector.candidates=[perceptron,mlp]", "search.max_epochs=3",
@@ -58,6 +58,9 @@ def _versions(store: str) -> list[int]:
 def test_a_password_with_a_raw_at_sign_is_masked_whole() -> None:
     assert mask_secrets("postgresql://u:ret@pw@host:5432/db") == "postgresql://u:***@host:5432/db"
     assert mask_secrets("see http://a:b@h/x?y=c@d") == "see http://a:***@h/x?y=c@d"
+    # a driver that split the URL at the password's raw '@' quotes the rest as a host name
+    said = scrub("failed to resolve host 'ret@pw@host'", "postgresql://u:ret@pw@host:5432/db")
+    assert "ret" not in said and "@pw" not in said
     hidden = hide_secrets(["-m", f"search.storage=postgresql://u:{SECRET}@h/db", "seed=1"])
     assert SECRET not in " ".join(hidden) and "${oc.env:ARCHSELECT_SECRET_" in hidden[1]
 

@@ -51,10 +51,10 @@ class ConfigError(ArchselectError):
 def store_failure(key: str, what: str, exc: BaseException, url: str, fix: str) -> ConfigError:
     """A store's failure (``exc``) as one line naming the config ``key`` of the store at ``url``:
     the exception's first line, passwords masked."""
-    from archselect.secrets import mask_secrets
+    from archselect.secrets import mask_secrets, scrub
 
     first = (str(exc).strip().splitlines() or [""])[0][:200]
-    return ConfigError(key, f"{what} ({type(exc).__name__}: {mask_secrets(first)})",
+    return ConfigError(key, f"{what} ({type(exc).__name__}: {scrub(first, url)})",
                        given=mask_secrets(url), fix=fix)
 
 
