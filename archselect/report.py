@@ -31,6 +31,8 @@ def selection_markdown(report: dict[str, Any]) -> str:
     lines += [f"- {k}: {json.dumps(v) if isinstance(v, dict) else v}" for k, v in prof.items()]
     lines += ["", "## Hardware profile", ""]
     lines += [f"- {k}: {json.dumps(v) if isinstance(v, list) else v}" for k, v in hw.items()]
+    lines.append(f"- trials side by side: {sel['workers']} x {sel['threads']} torch thread(s): "
+                 f"{sel['parallel']}")
     lines += ["", "## Candidates (simple -> recommended)", ""]
     for i, c in enumerate(sel["candidates"], 1):
         lines.append(f"{i}. **{c['name']}** (max {c['max_epochs']} epochs): " + "; ".join(c["reasons"]))
@@ -122,10 +124,11 @@ def print_selection(console: Console, report: dict[str, Any]) -> None:
     gpus = ", ".join(f"{g['name']} {g['memory_gb']} GB{' bf16' if g['bf16'] else ''}"
                      for g in hw["gpus"]) or "none"
     hwt = Table(title="Hardware profile", show_header=False, title_justify="left")
-    hwt.add_row("CPU", f"{hw['cpu_cores']} cores, torch threads {hw['torch_threads']}, "
-                f"{hw['memory_gb']} GB RAM")
+    hwt.add_row("CPU", f"{hw['cpu_cores']} cores, {hw['memory_gb']} GB RAM")
     hwt.add_row("GPUs", gpus)
     hwt.add_row("training on", f"{hw['accelerator']}, precision {hw['precision']}")
+    hwt.add_row("trials", f"{sel['workers']} at a time, {sel['threads']} torch "
+                f"thread{'s' * (sel['threads'] > 1)} each: {sel['parallel']}")
     console.print(hwt)
     cand = Table(title="Candidates (simple -> recommended)", title_justify="left")
     for col in ("#", "architecture", "why", "search space"):

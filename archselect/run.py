@@ -133,7 +133,9 @@ def prepare(conf: ArchselectConfig, console: Console) -> Prepared:
             spec = dm.prepare()
     hw = profile_hardware(conf.trainer.accelerator, conf.trainer.precision)
     selection = select(task, conf.selector, conf.arch, conf.search.max_epochs, spec, hw, notes,
-                       refit=conf.search.refit)
+                       refit=conf.search.refit, n_workers=conf.search.n_workers,
+                       threads=conf.search.threads, n_trials=conf.search.n_trials,
+                       deterministic=conf.trainer.deterministic)
     return Prepared(family_cls, dm, spec, hw, selection)
 
 
@@ -266,10 +268,11 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
         reference = None
         if conf.selector.references:
             reference = _reference(prep, objective, settings, tracker, console)
-        console.rule(f"Search: up to {search.n_trials} trials, timeout {search.timeout}s"
-                     + (f", {search.n_workers} workers" if search.n_workers > 1 else ""))
-        with workers.spawned(search.n_workers, OmegaConf.to_yaml(cfg, resolve=True), study_name,
-                             hw) as procs:
+        console.rule(f"Search: up to {search.n_trials} trials, timeout {search.timeout}s, "
+                     + (f"{selection.workers} workers x " if selection.workers > 1 else "")
+                     + f"{selection.threads} thread{'s' * (selection.threads > 1)}")
+        with workers.spawned(selection.workers, selection.threads,
+                             OmegaConf.to_yaml(cfg, resolve=True), study_name, hw) as procs:
             outcome = run_search(search, study, objective, selection.candidates,
                                  on_trial=report.trial_line(console, task.monitor))
             if outcome.interrupted:

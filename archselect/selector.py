@@ -15,6 +15,7 @@ from archselect.architectures import architectures, check_hparams
 from archselect.config.errors import ConfigError
 from archselect.config.schema import (
     ArchConfig,
+    ParallelRule,
     RowConfig,
     RulesConfig,
     SelectorConfig,
@@ -96,6 +97,10 @@ class Selection:
     refit: bool = False
     #: imbalanced classes with macro-F1 monitored: class weights searched, decision rule tuned
     imbalanced: bool = False
+    #: trials run side by side on this machine (worker processes), torch threads each, and why
+    workers: int = 1
+    threads: int = 1
+    parallel: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"task": self.task.name, "family": self.task.family,
@@ -103,7 +108,8 @@ class Selection:
                "direction": self.task.direction,
                "candidates": [asdict(c) for c in self.candidates],
                "dropped": dict(self.dropped), "notes": list(self.notes),
-               "folds": self.folds, "refit": self.refit, "imbalanced": self.imbalanced}
+               "folds": self.folds, "refit": self.refit, "imbalanced": self.imbalanced,
+               "workers": self.workers, "threads": self.threads, "parallel": self.parallel}
         for c, cand in zip(out["candidates"], self.candidates, strict=True):
             c["space"] = {k: p.describe() for k, p in cand.space.items()}
         return out
@@ -280,9 +286,51 @@ def validation_rules(rules: RulesConfig, spec: DataSpec, refit: bool | None
     return folds, refit, notes
 
 
+def parallelism(rule: ParallelRule | None, spec: DataSpec, hw: HardwareProfile,
+                n_workers: int | None, threads: int | None, n_trials: int,
+                deterministic: bool = False) -> tuple[int, int, str]:
+    """Worker processes, torch threads each, and why: ``search.n_workers`` / ``search.threads``
+    where given, else ``selector.rules.parallel`` from the data, the models' size and the
+    machine."""
+    cores = max(1, hw.cpu_cores)
+    if n_workers is not None:
+        workers = n_workers
+        why = f"search.n_workers={n_workers}"
+    elif hw.has_gpu and len(hw.gpus) > 1:
+        workers = min(len(hw.gpus), n_trials)
+        why = f"{len(hw.gpus)} GPUs: one trial per GPU"
+    elif rule is None or hw.has_gpu:
+        workers = 1
+        why = "one trial at a time" + (" on the GPU" if hw.has_gpu else "")
+    else:
+        pixels = (int(spec.input_shape[1]) * int(spec.input_shape[2])
+                  if spec.kind == "image" and len(spec.input_shape) == 3 else None)
+        small = spec.kind in rule.small_kinds or (pixels is not None and pixels <= rule.max_pixels)
+        if small:
+            by_memory = max(1, int(hw.memory_gb // rule.memory_gb_per_worker))
+            workers = max(1, min(cores, n_trials, rule.max_workers, by_memory))
+            if deterministic:
+                workers = 1  # several workers interleave trials differently on every run
+            what = f"{pixels}-pixel images" if pixels is not None else f"{spec.kind} data"
+            why = (f"small models ({what}) on {cores} CPU core{'s' * (cores > 1)}: "
+                   + (f"{workers} trials side by side, " if workers > 1 else "")
+                   + "one torch thread each (selector.rules.parallel)"
+                   + ("; one at a time: trainer.deterministic=true" if deterministic else ""))
+            if threads is None:
+                return workers, 1, why
+        else:
+            workers = 1
+            why = f"larger models ({spec.kind} data): one trial at a time on every core"
+    share = threads if threads is not None else max(1, cores // max(1, workers))
+    if threads is not None:
+        why += f"; search.threads={threads}"
+    return workers, share, why
+
+
 def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], max_epochs: int,
            spec: DataSpec, hw: HardwareProfile, notes: list[str] | None = None, *,
-           refit: bool | None = False) -> Selection:
+           refit: bool | None = False, n_workers: int | None = 1, threads: int | None = None,
+           n_trials: int = 1, deterministic: bool = False) -> Selection:
     """Choose the candidates for this task, data and machine, with a reason for each decision.
 
     Args:
@@ -294,6 +342,8 @@ def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], ma
         hw: the hardware profile.
         notes: notes of rules that already fired (e.g. a task switch), reported first.
         refit: ``search.refit`` (None: by ``selector.rules.refit``).
+        n_workers, threads, n_trials, deterministic: ``search.n_workers``, ``search.threads``,
+            ``search.n_trials``, ``trainer.deterministic`` (None: by ``selector.rules.parallel``).
 
     Raises:
         ConfigError: for an unknown candidate, a bad range or model.
@@ -428,6 +478,9 @@ def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], ma
     else:
         notes.append(f"CPU only ({hw.cpu_cores} cores), precision {hw.precision}")
     folds, do_refit, more = validation_rules(rules, spec, refit)
+    workers, share, parallel = parallelism(rules.parallel, spec, hw, n_workers, threads, n_trials,
+                                           deterministic)
     return Selection(task=task, candidates=candidates, dropped=dropped, notes=[*notes, *more],
-                     folds=folds, refit=do_refit, imbalanced=bool(imbalanced))
+                     folds=folds, refit=do_refit, imbalanced=bool(imbalanced), workers=workers,
+                     threads=share, parallel=parallel)
 

@@ -168,6 +168,16 @@ def candidates(d: dict[str, Any]) -> str:
             "the one that reached the best validation value.\n\n" + module.table(d["sets"]))
 
 
+def workers(d: dict[str, Any]) -> str:
+    import workers as module
+
+    gains = ", ".join(f"{row} {x:.2f}x" for row, x in d["trials_per_hour_after_over_before"].items())
+    return (f"Each row's study for {d['minutes']:g} minutes of search, before (one process, "
+            "torch's default threads: the default until the selector chose the parallelism) and "
+            "after (`search.n_workers=null`, the default now), one arm after the other. Trials "
+            f"per hour after / before: {gains}.\n\n" + module.table(d["rows"]))
+
+
 SECTIONS = [
     ("overhead", "1. Training overhead", overhead, QUICK),
     ("startup", "2. Start-up", startup, QUICK),
@@ -180,6 +190,7 @@ SECTIONS = [
      "python benchmarks/heldout.py"),
     ("candidates", "8. Each candidate alone", candidates,
      "python benchmarks/candidates.py --trials 2 --timeout 120"),
+    ("workers", "9. Trials side by side", workers, "python benchmarks/workers.py"),
 ]
 
 

@@ -47,11 +47,17 @@ CHEAP = [
 CPU = HardwareProfile(cpu_cores=2, torch_threads=2, memory_gb=8.0)
 
 
+# One process per study unless a test asks for more: trial numbers and order are then what the
+# test expects, and the test runner's own processes already share the cores. (The default, null,
+# lets the selector run a trial per core for small models: tests/test_selector.py.)
+ONE_WORKER = "search.n_workers=1"
+
+
 def compose_cfg(overrides: list[str], tmp_path: Path, cheap: bool = True) -> Any:
     """The real config, composed as the CLI would, with stores under ``tmp_path``."""
     text = not any(o.startswith("task=") and o != "task=text_classification" for o in overrides)
     base = ([*CHEAP, *TEXT_ONLY] if text else CHEAP) if cheap else []
-    return compose_config([*base, f"runs_dir={tmp_path}", *overrides])
+    return compose_config([ONE_WORKER, *base, f"runs_dir={tmp_path}", *overrides])
 
 
 def archselect(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
@@ -93,7 +99,9 @@ def select_for(cfg: Any, spec: DataSpec, hw: HardwareProfile = CPU) -> Selection
     """What the selector picks for the composed ``cfg``, this data and this machine."""
     conf = typed(cfg)
     task = resolve_task(conf.task, conf.selector.table)
-    return select(task, conf.selector, conf.arch, conf.search.max_epochs, spec, hw)
+    return select(task, conf.selector, conf.arch, conf.search.max_epochs, spec, hw,
+                  n_workers=conf.search.n_workers, threads=conf.search.threads,
+                  n_trials=conf.search.n_trials, deterministic=conf.trainer.deterministic)
 
 
 def mlflow_models_predict(store: str, uri: str, request: Path) -> pd.DataFrame:

@@ -158,3 +158,16 @@ def test_invalid_configs_fail_before_any_store(make_cfg, tmp_path: Path, overrid
         run(cfg)
     assert not (tmp_path / "optuna.db").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_fast_yaml_reader_gives_what_omegaconf_reads(tmp_path: Path) -> None:
+    from archselect.config.schema import CONF_DIR, arch_configs
+
+    (tmp_path / "odd.yaml").write_text("odd:\n  lr: 1e-3\n  big: 1_000\n  day: 2024-01-02\n"
+                                       "  inf: .inf\n  ref: ${seed}\n  word: 'yes'\n  on: no\n")
+    for folder in (CONF_DIR / "arch", tmp_path):
+        read = arch_configs(folder)
+        assert read == {p.stem: OmegaConf.to_container(OmegaConf.load(p))[p.stem]
+                        for p in sorted(folder.glob("*.yaml"))}
+    odd = arch_configs(tmp_path)["odd"]
+    assert odd["lr"] == 1e-3 and odd["day"] == "2024-01-02" and odd["ref"] == "${seed}"

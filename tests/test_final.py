@@ -13,7 +13,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from helpers import compose_cfg, config_datamodule
+from helpers import ONE_WORKER, compose_cfg, config_datamodule
 
 from archselect.config.errors import ConfigError
 from archselect.ensemble import combine, greedy_selection
@@ -23,7 +23,7 @@ from archselect.search.trials import StudyOutcome, TrialRecord
 from archselect.selector import resolve_task
 from archselect.tasks import families
 
-IRIS = ["task=tabular_classification", "data=iris", "selector.candidates=[perceptron,mlp]"]
+IRIS = ["task=tabular_classification", "data=iris", ONE_WORKER, "selector.candidates=[perceptron,mlp]"]
 # the defaults' cross-validation, which the cheap test config turns off
 CV = ["selector.rules.cross_validation.max_samples=2000"]
 

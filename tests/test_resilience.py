@@ -14,17 +14,19 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import compose_cfg
+import sqlalchemy
+from helpers import ONE_WORKER, compose_cfg
 from mlflow.tracking import MlflowClient
 
 from archselect.config.errors import ArchselectError
 from archselect.run import run
+from archselect.signals import interrupt_on_signals
 
 pytestmark = pytest.mark.study  # every test here trains a real study
 
 # The perceptron baseline finishes in 3 epochs; the MLP runs until search.trial_timeout (or a
 # signal) stops it: trials whose length the test decides, on real data.
-IRIS = ["task=tabular_classification", "data=iris", "trainer.progress_bar=false",
+IRIS = ["task=tabular_classification", "data=iris", ONE_WORKER, "trainer.progress_bar=false",
         "selector.candidates=[perceptron,mlp]", "+selector.rules.no_gpu.max_epochs.perceptron=3",
         # one fit per trial (the commands these tests start do not get helpers.CHEAP)
         "selector.rules.cross_validation.max_samples=0"]
@@ -133,6 +135,36 @@ def test_sigterm_ends_the_trial_cleanly_and_registers_the_best_so_far(tmp_path: 
     (parent,) = client.search_runs([exp], "tags.`archselect.role` = 'study'")
     assert parent.info.status == "FINISHED"
     assert client.search_model_versions("name = 'archselect-tabular_classification'")
+
+
+def test_a_signal_inside_a_store_write_waits_for_it_and_the_clean_up_can_write(
+        tmp_path: Path) -> None:
+    # The signal lands while the MLflow SQLite store is mid-transaction (sent from the driver's
+    # own statement hook): the write finishes, then the interrupt is raised, and the clean-up's
+    # write does not meet a locked database.
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    engine = client._tracking_client.store.engine
+    sent: list[str] = []
+
+    def kill_once(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "INSERT INTO metrics" in statement and not sent:
+            sent.append(statement)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    sqlalchemy.event.listen(engine, "after_cursor_execute", kill_once)
+    received: list[str] = []
+    with pytest.raises(KeyboardInterrupt), interrupt_on_signals(received):
+        for step in range(50):
+            client.log_metric(run_id, "loss", 1.0, step=step)
+    sqlalchemy.event.remove(engine, "after_cursor_execute", kill_once)
+    assert sent and received == ["SIGTERM"]
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0]  # written whole
+    start = time.monotonic()
+    client.set_terminated(run_id, "KILLED")
+    assert time.monotonic() - start < 3
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_failing_trials_are_recorded_and_max_failures_stops_the_study(tmp_path: Path) -> None:

@@ -92,3 +92,32 @@ def test_the_encoder_rule_leaves_an_explicit_choice_alone(make_cfg) -> None:
     cfg = make_cfg("selector.candidates=[sentence_embeddings,pretrained]")
     assert [c.name for c in select_for(cfg, spec(600), CPU).candidates] == [
         "sentence_embeddings", "pretrained"]
+
+
+def test_small_models_run_one_trial_per_core_on_one_thread_each(make_cfg) -> None:
+    tab = DataSpec(kind="tabular", num_classes=3, class_names=["a", "b", "c"], n_features=4,
+                   n_numeric=4, profile={"splits": {"train": 500, "val": 100, "test": 100}})
+    auto = ["task=tabular_classification", "search.n_workers=null"]
+    sel = select_for(make_cfg(*auto), tab, CPU)
+    assert (sel.workers, sel.threads) == (2, 1)
+    assert sel.parallel == ("small models (tabular data) on 2 CPU cores: 2 trials side by side, "
+                            "one torch thread each (selector.rules.parallel)")
+    # Text (embeddings, an LSTM, a pretrained encoder): one trial at a time on every core.
+    text = select_for(make_cfg("search.n_workers=null"), spec(9000), CPU)
+    assert (text.workers, text.threads) == (1, 2) and text.parallel.startswith("larger models")
+    # What the user sets wins; a one-trial study, little memory or GPUs change the answer.
+    assert (lambda s: (s.workers, s.threads))(
+        select_for(make_cfg(*auto, "search.n_workers=1"), tab, CPU)) == (1, 2)
+    assert (lambda s: (s.workers, s.threads))(
+        select_for(make_cfg(*auto, "search.threads=1"), tab, CPU)) == (2, 1)
+    assert select_for(make_cfg(*auto, "search.n_trials=1"), tab, CPU).workers == 1
+    same = select_for(make_cfg(*auto, "trainer.deterministic=true"), tab, CPU)
+    assert (same.workers, same.threads) == (1, 1) and "deterministic" in same.parallel
+    small_ram = HardwareProfile(cpu_cores=8, torch_threads=8, memory_gb=4.0)
+    assert (lambda s: (s.workers, s.threads))(select_for(make_cfg(*auto), tab, small_ram)) == (1, 1)
+    two_gpus = HardwareProfile(cpu_cores=8, torch_threads=8, memory_gb=64.0,
+                               gpus=[{"name": "X", "memory_gb": 24.0, "bf16": True}] * 2,
+                               accelerator="gpu", precision="bf16-mixed")
+    on_gpus = select_for(make_cfg(*auto), tab, two_gpus)
+    assert (on_gpus.workers, on_gpus.threads) == (2, 4) and "one trial per GPU" in on_gpus.parallel
+    assert select_for(make_cfg(*auto), tab, GPU).workers == 1

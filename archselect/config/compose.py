@@ -177,8 +177,10 @@ def _unavailable_task(overrides: list[str]) -> str | None:
     from archselect.config.validate import check_row
 
     tasks = [o.split("=", 1)[1] for o in overrides if o.startswith("task=")]
-    table = _base().selector.table
-    if not tasks or tasks[-1] not in table:
+    if not tasks:
+        return None
+    table = _base(()).selector.table
+    if tasks[-1] not in table:
         return None
     try:
         check_row(tasks[-1], table)

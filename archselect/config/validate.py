@@ -58,7 +58,8 @@ def check_numbers(cfg: ArchselectConfig) -> None:
         ("search.n_trials", s.n_trials, 1),
         ("search.max_epochs", s.max_epochs, 1),
         ("search.patience", s.patience, 0),
-        ("search.n_workers", s.n_workers, 1),
+        ("search.n_workers", 1 if s.n_workers is None else s.n_workers, 1),
+        ("search.threads", 1 if s.threads is None else s.threads, 1),
         ("search.max_failures", 1 if s.max_failures is None else s.max_failures, 1),
         ("search.heartbeat_interval", 1 if s.heartbeat_interval is None else s.heartbeat_interval,
          1),
@@ -92,7 +93,7 @@ def check_seed(cfg: ArchselectConfig) -> None:
     """Each trial seeds with ``seed + trial number`` (and worker ``i``'s sampler with ``seed + i``):
     all of them must stay within 0..2**32-1, which Lightning's ``seed_everything`` enforces only
     once a trial starts."""
-    high = SEED_MAX - max(cfg.search.n_trials, cfg.search.n_workers)
+    high = SEED_MAX - max(cfg.search.n_trials, cfg.search.n_workers or 1)
     if not 0 <= cfg.seed <= high:
         # (no '-' in the problem: the line shows a negative given only if the problem lacks it)
         raise ConfigError("seed", f"must lie in 0..{high} (each trial seeds with seed + its "

@@ -7,7 +7,8 @@ trials to the same MLflow parent run. The command's own process is worker 0: it 
 study (test, register). Starting the same command on another machine with the same RDB storage
 and study name adds workers there.
 
-Each worker gets its own share of the CPU threads and, where there are several GPUs, its own GPU.
+Each worker trains on the torch threads the selector chose (``selector.rules.parallel``; one each for
+small models) and, where there are several GPUs, its own GPU.
 """
 
 from __future__ import annotations
@@ -27,11 +28,6 @@ STUDY_ENV = "ARCHSELECT_STUDY"
 PARENT_ENV = "ARCHSELECT_PARENT"
 
 
-def thread_share(cores: int, n_workers: int) -> int:
-    """CPU threads per worker: the cores split evenly, at least one each."""
-    return max(1, cores // max(1, n_workers))
-
-
 def share_threads(n_threads: int) -> None:
     """Limit this process's torch intra- and inter-op threads."""
     import torch
@@ -43,16 +39,29 @@ def share_threads(n_threads: int) -> None:
 
 
 @contextmanager
-def spawned(n_workers: int, config_yaml: str, study_name: str, hw: HardwareProfile
-            ) -> Iterator[list[subprocess.Popen[bytes]]]:
+def spawned(n_workers: int, threads: int, config_yaml: str, study_name: str,
+            hw: HardwareProfile) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Start ``n_workers - 1`` worker processes for the study, each reading the resolved config
-    ``config_yaml`` on its stdin (a password in it never touches disk); on leaving, wait for them
+    ``config_yaml`` on its stdin (a password in it never touches disk) and training on
+    ``threads`` torch threads, as this process does while inside; on leaving, wait for them
     (after a signal, pass it on first so their running trials end cleanly)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # a notebook's own threads come back after the study
+    try:
+        with _started(n_workers, threads, config_yaml, study_name, hw) as procs:
+            yield procs
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def _started(n_workers: int, threads: int, config_yaml: str, study_name: str,
+             hw: HardwareProfile) -> Iterator[list[subprocess.Popen[bytes]]]:
     if n_workers <= 1:
         yield []
         return
-    threads = thread_share(hw.cpu_cores, n_workers)
-    share_threads(threads)
     procs = []
     for i in range(1, n_workers):
         env = {**os.environ, WORKER_ENV: str(i), STUDY_ENV: study_name,
