@@ -148,13 +148,17 @@ class Tracker:
             self.client.log_batch(run_id, params=fresh[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        self.log_steps(run_id, [(step, int(time.time() * 1000), metrics)])
+
+    def log_steps(self, run_id: str, steps: list[tuple[int, int, dict[str, float]]]) -> None:
+        """Metrics of several steps in as few writes as the store takes (``(step, time in ms,
+        metrics)`` each; values that are not finite are left out)."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if v is not None and math.isfinite(float(v))]
-        if batch:
-            self.client.log_batch(run_id, metrics=batch)
+        batch = [Metric(k, float(v), when, step) for step, when, metrics in steps
+                 for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        for i in range(0, len(batch), 1000):  # MLflow's limit per batch
+            self.client.log_batch(run_id, metrics=batch[i : i + 1000])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
@@ -467,38 +471,65 @@ def measure_latency(module: pl.LightningModule, inputs: dict[str, Any], repeats:
 
 class EpochLogger(pl.Callback):
     """Logs each epoch's val metrics (after validation) and train metrics and learning rate
-    (at the end of the training epoch) to a trial's child run, with the epoch as step."""
+    (at the end of the training epoch) to a trial's child run, with the epoch as step.
+
+    The epochs are written together, every ``every`` seconds and when the fit ends or fails: one
+    write to a database store costs milliseconds, more than a small model's whole epoch."""
 
     def __init__(self, tracker: Tracker, run_id: str, *, step_offset: int = 0,
-                 latency: bool = True) -> None:
+                 latency: bool = True, every: float = 5.0) -> None:
         self.tracker = tracker
         self.run_id = run_id
         self.step_offset = step_offset  # fold f of a cross-validated trial logs from here
         self.latency = latency
+        self.every = every
+        self.pending: list[tuple[int, int, dict[str, float]]] = []
+        self.written = time.monotonic()
 
-    def _log(self, trainer: pl.Trainer, prefix: str) -> None:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
+        values: Any = trainer.callback_metrics
+        own: Any = getattr(pl_module, "epoch_values", None)
+        if prefix == "train" and own is not None:
+            values = own("train")  # means over the epoch, not logged to Lightning
+        metrics = {k: float(v) for k, v in values.items()
                    if k.startswith(prefix) and v.numel() == 1}
         if prefix == "train" and trainer.optimizers:
             metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
-        self.tracker.log_metrics(self.run_id, metrics,
-                                 step=self.step_offset + trainer.current_epoch)
+        self.pending.append((self.step_offset + trainer.current_epoch, int(time.time() * 1000),
+                             metrics))
+        if time.monotonic() - self.written >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending."""
+        pending, self.pending = self.pending, []
+        self.written = time.monotonic()
+        if pending:
+            self.tracker.log_steps(self.run_id, pending)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._log(trainer, "val")
+            self._log(trainer, pl_module, "val")
             grid = getattr(pl_module, "epoch_grid", None)
             if grid is not None:  # a generator's images of this epoch
                 self.tracker.log_image(self.run_id, grid, "samples",
                                        step=self.step_offset + trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._log(trainer, "train")
+        self._log(trainer, pl_module, "train")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        """The epochs before a failure, a pruning or an interrupt are kept."""
+        with contextlib.suppress(Exception):  # the failure itself is what the trial reports
+            self.flush()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The trained model's inference latency, on one validation batch."""
+        """The epochs still pending, and the trained model's inference latency on one
+        validation batch."""
         datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is None or not self.latency:
-            return
-        batch = next(iter(datamodule.val_dataloader()))
-        self.tracker.log_metrics(self.run_id, measure_latency(pl_module, batch["inputs"]))
+        if datamodule is not None and self.latency:
+            batch = next(iter(datamodule.val_dataloader()))
+            self.pending.append((0, int(time.time() * 1000),
+                                 measure_latency(pl_module, batch["inputs"])))
+        self.flush()

@@ -1,12 +1,14 @@
 """Start-up: wall time from the command's start to the first training step, and of a whole
-``dry_run=true`` command, against a bare ``import torch, lightning, optuna, mlflow``.
+``dry_run=true`` command, against a bare ``import torch, lightning, optuna, mlflow``; and how fast
+a config error, an unknown task and ``--help`` are answered.
 
-    .venv/bin/python benchmarks/startup.py [--reps 3] [--rows tabular,text]
+    .venv/bin/python benchmarks/startup.py [--reps 3] [--rows tabular,text,image,forecasting]
 
 Every measurement is a fresh process. The first-step run is the ``archselect`` command itself
 (``archselect.cli.main`` with the row's overrides) in a process that notes the time of the first
-training batch and exits there. Goal: both at most 1.5x the bare import. One extra run per row
-under cProfile says where the time before the first step goes (by package).
+training batch and exits there. Goals: both at most 1.2x the bare import; an answer in under 3 s.
+One extra run per row that misses under cProfile says where the time before the first step goes
+(by package).
 """
 
 from __future__ import annotations
@@ -23,13 +25,23 @@ from typing import Any
 
 import benchlib
 
-GOAL = 1.5
+GOAL = 1.2
+ANSWER_GOAL = 3.0
 BARE = "import torch, lightning, optuna, mlflow"
 # One place for the rows: the command's overrides (stores go to a fresh folder each time).
 ROWS: dict[str, list[str]] = {
     "tabular": ["task=tabular_classification", "data=iris"],
     "text": ["task=text_classification"],
+    "image": ["task=image_classification", "data=digits"],
+    "forecasting": ["task=time_series_forecasting", "data=airline"],
 }
+# Commands answered without training: (what, arguments, the exit code they must end with).
+ANSWERS: list[tuple[str, list[str], int]] = [
+    ("--help", ["--help"], 0),
+    ("unknown task", ["task=bogus"], 2),
+    ("misspelt key", ["task=tabular_classification", "serch.n_trials=3"], 2),
+    ("bad value", ["task=tabular_classification", "search.n_trials=many"], 2),
+]
 
 # Runs in the child: the archselect command, stopped at its first training batch.
 CHILD = r"""
@@ -78,6 +90,19 @@ def dry_run(overrides: list[str]) -> float:
         return time.time() - start
 
 
+def answer(args: list[str], code: int) -> float:
+    """Seconds until ``archselect <args>`` has answered (and exited with ``code``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.time()
+        proc = subprocess.run([sys.executable, "-m", "archselect", *args], cwd=tmp, env=_env(),
+                              capture_output=True, text=True)
+        took = time.time() - start
+    if proc.returncode != code:
+        raise RuntimeError(f"archselect {' '.join(args)} exited {proc.returncode}, not {code}: "
+                           f"{proc.stderr.strip()[-500:]}")
+    return took
+
+
 def first_step(overrides: list[str], profile_to: str = "") -> float:
     with tempfile.TemporaryDirectory() as tmp:
         stamp = Path(tmp) / "stamp.json"
@@ -107,7 +132,15 @@ def main() -> None:
     print(f"bare import: median {base:.2f}s of {[round(b, 2) for b in bare]}", flush=True)
     out: dict[str, Any] = {"goal": f"start-up / bare import <= {GOAL}", "bare_import": BARE,
                            "bare_import_s": round(base, 3), "bare_reps_s": [round(b, 3) for b in bare],
-                           "rows": {}}
+                           "rows": {}, "answer_goal": f"seconds <= {ANSWER_GOAL:g}", "answers": {}}
+    for what, cli_args, code in ANSWERS:
+        times = [answer(cli_args, code) for _ in range(args.reps)]
+        took = benchlib.median(times)
+        out["answers"][what] = {"command": "archselect " + " ".join(cli_args),
+                                "seconds": round(took, 3), "reps_s": [round(t, 3) for t in times],
+                                "verdict": benchlib.verdict(took, ANSWER_GOAL,
+                                                            higher_is_better=False)}
+        print(f"{what}: answered in {took:.2f}s; goal <= {ANSWER_GOAL:g}s", flush=True)
     for name in args.rows.split(","):
         overrides = ROWS[name]
         steps = [first_step(overrides) for _ in range(args.reps)]

@@ -79,6 +79,47 @@ def test_perceptron_separates_a_linearly_separable_set(tmp_path: Path) -> None:
     assert (preds == dm.y["train"]).mean() == 1.0
 
 
+def test_ready_rows_give_the_batches_a_row_by_row_loader_gives() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from archselect.data.base import ReadyRows, seeded_loader, stack_batch
+
+    x, y = torch.randn(37, 3), torch.arange(37)
+    ours = list(seeded_loader(ReadyRows(x, y), batch_size=8, shuffle=True, seed=3,
+                              collate=stack_batch))
+    rows = list(DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True,
+                           generator=torch.Generator().manual_seed(3)))
+    assert len(ours) == len(rows) == 5
+    for batch, (xb, yb) in zip(ours, rows, strict=True):
+        assert torch.equal(batch["inputs"]["x"], xb) and torch.equal(batch["target"], yb)
+    pool = ReadyRows(x[:30], y[:30]) + ReadyRows(x[30:], y[30:])
+    assert isinstance(pool, ReadyRows) and torch.equal(pool.tensors[1], y)
+
+
+def test_epoch_values_are_means_over_rows_as_lightning_logs_them(tmp_path: Path) -> None:
+    dm = datamodule("tabular", table_cfg(mixed_csv(tmp_path), "label"), tmp_path)
+    spec = dm.for_trial(None, batch_size=16, num_workers=0)  # 40 val rows: 16 + 16 + 8
+    pl.seed_everything(0, verbose=False)
+    module = ClassificationModule("mlp", {"hidden_size": 16, "depth": 1, "activation": "relu",
+                                          "dropout": 0.0},
+                                  {"lr": 0.01, "weight_decay": 0.0}, spec.to_dict(),
+                                  max_epochs=2)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    x, y = torch.as_tensor(dm.x["val"]), torch.as_tensor(dm.y["val"])
+    assert len(y) % 16
+    module.eval()
+    with torch.no_grad():
+        logits = module(x=x)
+    logged = trainer.callback_metrics
+    assert float(logged["val_loss"]) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, y)), abs=1e-5)
+    assert float(logged["val_acc"]) == pytest.approx(float((logits.argmax(-1) == y).float().mean()))
+    assert set(module.epoch_values("train")) == {"train_loss", "train_acc"}
+    assert 0.0 < float(module.epoch_values("train")["train_acc"]) <= 1.0
+
+
 @pytest.mark.study
 def test_tabular_classification_study_and_served_model(make_cfg, tmp_path: Path) -> None:
     result = run(make_cfg("task=tabular_classification", "data=iris", "search.n_trials=3",

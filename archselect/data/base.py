@@ -247,7 +247,7 @@ class BaseDataModule(pl.LightningDataModule):
         if part == "test":
             return self.split_dataset("test")
         if part == "pool":
-            return ConcatDataset([self.split_dataset("train"), self.split_dataset("val")])
+            return self.split_dataset("train") + self.split_dataset("val")
         if self.view is None:
             return self.split_dataset({"fit": "train", "check": "val"}[part])
         chosen = self.view.fit if part == "fit" else self.view.check
@@ -537,7 +537,45 @@ def seeded_loader(data: Any, *, batch_size: int, shuffle: bool, seed: int, colla
                       num_workers=num_workers)
 
 
-def stack_batch(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+class Stacked(tuple):
+    """A batch's rows already stacked: one tensor per field (what ``ReadyRows`` hands a collate
+    function instead of a list of rows)."""
+
+
+class ReadyRows(Dataset[tuple[torch.Tensor, ...]]):
+    """Rows held as whole tensors, one per field. A loader's batch is read by indexing each tensor
+    once (``__getitems__``), not row by row and stacked: for small tables and images, reading
+    row by row costs more than the model's step."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[index] for t in self.tensors)
+
+    def __getitems__(self, indices: list[int]) -> Stacked:
+        chosen = torch.as_tensor(indices, dtype=torch.long)
+        return Stacked(t[chosen] for t in self.tensors)
+
+    def __add__(self, other: Any) -> Any:
+        if isinstance(other, ReadyRows) and len(other.tensors) == len(self.tensors):
+            return ReadyRows(*(torch.cat([a, b]) for a, b in zip(self.tensors, other.tensors,
+                                                                    strict=True)))
+        return ConcatDataset([self, other])
+
+
+def stacked(rows: Any) -> tuple[torch.Tensor, ...]:
+    """A batch's fields as stacked tensors, from ``ReadyRows`` (already stacked) or a list of
+    rows."""
+    if isinstance(rows, Stacked):
+        return tuple(rows)
+    return tuple(torch.stack(field) for field in zip(*rows, strict=True))
+
+
+def stack_batch(rows: Any) -> dict[str, Any]:
     """``(x, target)`` rows as ``{"inputs": {"x"}, "target"}``."""
-    return {"inputs": {"x": torch.stack([r[0] for r in rows])},
-            "target": torch.stack([r[1] for r in rows])}
+    x, target = stacked(rows)
+    return {"inputs": {"x": x}, "target": target}

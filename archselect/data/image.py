@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from archselect.config.errors import DataError
 from archselect.config.schema import DataConfig, SourceConfig
@@ -18,6 +18,7 @@ from archselect.data.base import (
     SPLITS,
     BaseDataModule,
     DataSpec,
+    ReadyRows,
     ServingBundle,
     augment_setting,
     class_balance,
@@ -25,6 +26,7 @@ from archselect.data.base import (
     datamodules,
     encode_labels,
     splits_text,
+    stacked,
     stratified_split,
 )
 from archselect.hashing import stable_hash
@@ -172,7 +174,7 @@ class ImageDataModule(BaseDataModule):
 
     def split_dataset(self, split: str) -> Dataset[Any]:
         self.prepare()
-        return TensorDataset(self.images[split], torch.as_tensor(self.labels[split]))
+        return ReadyRows(self.images[split], torch.as_tensor(self.labels[split]))
 
     def collate(self, train: bool) -> Any:
         augment = self._augmenter() if (train and self.augment > 0) else None
@@ -187,12 +189,12 @@ class _Collate:
         self.std = torch.tensor(std)[None, :, None, None]
         self.augment = augment
 
-    def __call__(self, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
-        x = torch.stack([r[0] for r in rows])
+    def __call__(self, rows: Any) -> dict[str, Any]:
+        x, target = stacked(rows)
         if self.augment is not None:
             x = torch.stack([self.augment(img) for img in x])
         x = (x.float() / 255.0 - self.mean) / self.std
-        return {"inputs": {"x": x}, "target": torch.stack([r[1] for r in rows])}
+        return {"inputs": {"x": x}, "target": target}
 
 
 class ImageCodec(Codec):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from archselect.config.errors import ConfigError, DataError
 from archselect.config.schema import SequenceDataConfig, SourceConfig
@@ -20,6 +20,7 @@ from archselect.data.base import (
     SPLITS,
     BaseDataModule,
     DataSpec,
+    ReadyRows,
     ServingBundle,
     any_columns,
     as_read,
@@ -245,7 +246,7 @@ class SequenceDataModule(BaseDataModule):
     def split_dataset(self, split: str) -> Dataset[Any]:
         self.prepare()
         x = torch.as_tensor((self.x[split] - self.mean) / self.std, dtype=torch.float32)
-        return TensorDataset(x, torch.as_tensor(self.y[split], dtype=torch.long))
+        return ReadyRows(x, torch.as_tensor(self.y[split], dtype=torch.long))
 
     def collate(self, train: bool) -> Any:
         return stack_batch

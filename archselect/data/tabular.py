@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from archselect.config.errors import ConfigError, ContinuousTarget, DataError
 from archselect.config.schema import LabelledDataConfig, SourceConfig
@@ -20,6 +20,7 @@ from archselect.data.base import (
     SPLITS,
     BaseDataModule,
     DataSpec,
+    ReadyRows,
     ServingBundle,
     any_columns,
     as_read,
@@ -319,7 +320,7 @@ class TabularDataModule(BaseDataModule):
     # -- Lightning ------------------------------------------------------------------------
     def split_dataset(self, split: str) -> Dataset[Any]:
         self.prepare()
-        return TensorDataset(torch.as_tensor(self.x[split]), self._target_tensor(split))
+        return ReadyRows(torch.as_tensor(self.x[split]), self._target_tensor(split))
 
     def collate(self, train: bool) -> Any:
         return stack_batch

@@ -51,12 +51,69 @@ class FamilyModule(pl.LightningModule):
         self.save_hyperparameters()
         self.spec = DataSpec(**spec)
         self.model: nn.Module = build(arch, self.spec, **arch_kwargs)
+        #: torchmetrics objects logged once per epoch by name (``train_*``, ``val_*``); the
+        #: family updates them in its steps
+        self.epoch_metrics: dict[str, Any] = {}
+        self._sums: dict[str, dict[str, list[Any]]] = {"train": {}, "val": {}}
+        self._values: dict[str, dict[str, torch.Tensor]] = {}
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         return self.model(**inputs)
 
     def outputs(self, batch: dict[str, Any]) -> torch.Tensor:
         return self(**batch["inputs"])
+
+    # -- epoch values: logged once per epoch ---------------------------------------------------
+    # Lightning's ``self.log`` walks its whole collection of results on every call (about half a
+    # millisecond on a CPU): more than a small model's training step. The steps add their values
+    # here; each is the mean over the epoch's rows. The validation values are logged once, at the
+    # end of the epoch (early stopping, the best epoch and the pruner read them there); the
+    # training values are read from ``epoch_values`` by the epoch logger, nothing else needs them.
+    def add_means(self, n: int, **values: torch.Tensor) -> None:
+        """Add a batch's values (``train_*`` or ``val_*``, each the mean over its ``n`` rows)
+        to the epoch's means."""
+        for name, value in values.items():
+            sums = self._sums[name.split("_", 1)[0]]
+            weighted = value.detach().float() * n
+            held = sums.get(name)
+            if held is None:
+                sums[name] = [weighted, n]
+            else:
+                held[0] = held[0] + weighted
+                held[1] += n
+
+    def epoch_values(self, stage: str) -> dict[str, torch.Tensor]:
+        """This epoch's values of ``stage`` (``train`` or ``val``): the means added and the
+        ``epoch_metrics`` updated, computed once."""
+        done = self._values.get(stage)
+        if done is None:
+            done = {name: total / count for name, (total, count) in self._sums[stage].items()}
+            for name, metric in self.epoch_metrics.items():
+                if name.startswith(f"{stage}_") and metric.update_count:
+                    done[name] = metric.compute()
+            self._values[stage] = done
+        return done
+
+    def _start_epoch(self, stage: str) -> None:
+        self._sums[stage] = {}
+        self._values.pop(stage, None)
+        for name, metric in self.epoch_metrics.items():
+            if name.startswith(f"{stage}_"):
+                metric.reset()
+
+    def _log_epoch(self, stage: str) -> None:
+        several = self.trainer.world_size > 1
+        for name, value in self.epoch_values(stage).items():
+            self.log(name, value, sync_dist=several)
+
+    def on_train_epoch_start(self) -> None:
+        self._start_epoch("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_epoch("val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
 
     def check_loss(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):

@@ -44,6 +44,8 @@ class ClassificationModule(FamilyModule):
         self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes=n, average="macro")
+        self.epoch_metrics = {"train_acc": self.train_acc, "val_acc": self.val_acc,
+                              "val_f1": self.val_f1}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits, y = self.outputs(batch), batch["target"]
@@ -56,18 +58,15 @@ class ClassificationModule(FamilyModule):
             loss = nn.functional.cross_entropy(logits, y, weight=weights,
                                                label_smoothing=self.label_smoothing)
         self.check_loss(loss)
-        self.train_acc(logits, y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))
+        self.train_acc.update(logits.detach(), y)
+        self.add_means(len(y), train_loss=loss)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits, y = self.outputs(batch), batch["target"]
-        self.val_acc(logits, y)
-        self.val_f1(logits, y)
-        self.log("val_loss", self.loss(logits, y), batch_size=len(y))
-        self.log("val_acc", self.val_acc, batch_size=len(y))
-        self.log("val_f1", self.val_f1, batch_size=len(y))
+        self.val_acc.update(logits, y)
+        self.val_f1.update(logits, y)
+        self.add_means(len(y), val_loss=self.loss(logits, y))
 
     @staticmethod
     def decode(outputs: torch.Tensor) -> torch.Tensor:

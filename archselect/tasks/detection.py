@@ -96,9 +96,7 @@ class DetectionModule(FamilyModule):
         loss = torch.stack([v for v in losses.values()]).sum()
         self.check_loss(loss)
         n = len(targets)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=n)
-        for name, value in losses.items():
-            self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=n)
+        self.add_means(n, train_loss=loss, **{f"train_{k}": v for k, v in losses.items()})
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -106,6 +104,7 @@ class DetectionModule(FamilyModule):
         self.val_map.update(prediction_dicts(out.float()), target_dicts(batch["target"]))
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         found = self.val_map.compute()
         self.log("val_map", _positive(found["map"]))
         self.log("val_map_50", _positive(found["map_50"]))

@@ -42,11 +42,9 @@ class ForecastingModule(RegressionModule):
         pred, y = self.outputs(batch), batch["target"]
         units_pred = self._window_units(pred, batch["offset"])
         units_y = self._window_units(y, batch["offset"])
-        self.val_mae(units_pred, units_y)
-        self.val_rmse(units_pred, units_y)
-        self.log("val_loss", self.loss(pred, y), batch_size=len(y))
-        self.log("val_mae", self.val_mae, batch_size=len(y))
-        self.log("val_rmse", self.val_rmse, batch_size=len(y))
+        self.val_mae.update(units_pred, units_y)
+        self.val_rmse.update(units_pred, units_y)
+        self.add_means(len(y), val_loss=self.loss(pred, y))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         units = self._window_units(self.outputs(batch), batch["offset"])

@@ -72,13 +72,11 @@ class GenerationModule(FamilyModule):
             self.manual_backward(g_loss)
             opt_g.step()
             self.check_loss(d_loss + g_loss)
-            self.log("train_d_loss", d_loss, on_step=False, on_epoch=True, batch_size=n)
-            self.log("train_g_loss", g_loss, on_step=False, on_epoch=True, batch_size=n)
+            self.add_means(n, train_d_loss=d_loss, train_g_loss=g_loss)
             return None
         losses = model.loss(x, label)
         self.check_loss(losses["loss"])
-        for name, value in losses.items():
-            self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=n)
+        self.add_means(n, **{f"train_{k}": v for k, v in losses.items()})
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -88,6 +86,7 @@ class GenerationModule(FamilyModule):
     def on_validation_epoch_end(self) -> None:
         from archselect.data.generation import distances, image_grid
 
+        super().on_validation_epoch_end()
         if not self.drawn:
             return
         drawn, real = torch.cat(self.drawn), torch.cat(self.real)

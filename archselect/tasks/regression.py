@@ -31,6 +31,7 @@ class RegressionModule(FamilyModule):
         self.loss = nn.MSELoss()
         self.val_rmse = MeanSquaredError(squared=False)
         self.val_mae = MeanAbsoluteError()
+        self.epoch_metrics = {"val_rmse": self.val_rmse, "val_mae": self.val_mae}
 
     def _units(self, z: torch.Tensor) -> torch.Tensor:
         return z * self.spec.target_std + self.spec.target_mean
@@ -47,16 +48,14 @@ class RegressionModule(FamilyModule):
         if loss is None:
             loss = self.loss(pred, y)
         self.check_loss(loss)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.add_means(len(y), train_loss=loss)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         pred, y = self.outputs(batch), batch["target"]
-        self.val_rmse(self._units(pred), self._units(y))
-        self.val_mae(self._units(pred), self._units(y))
-        self.log("val_loss", self.loss(pred, y), batch_size=len(y))
-        self.log("val_rmse", self.val_rmse, batch_size=len(y))
-        self.log("val_mae", self.val_mae, batch_size=len(y))
+        self.val_rmse.update(self._units(pred), self._units(y))
+        self.val_mae.update(self._units(pred), self._units(y))
+        self.add_means(len(y), val_loss=self.loss(pred, y))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         units = self._units(self.outputs(batch))

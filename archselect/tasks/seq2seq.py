@@ -81,13 +81,12 @@ class Seq2SeqModule(FamilyModule):
         inputs, target = trimmed(batch)
         loss = smoothed_nll(self(**inputs).float(), target, self.smoothing)
         self.check_loss(loss)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(target))
+        self.add_means(len(target), train_loss=loss)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         inputs, short = trimmed(batch)
-        self.log("val_loss", smoothed_nll(self(**inputs).float(), short, 0.0),
-                 batch_size=len(short))
+        self.add_means(len(short), val_loss=smoothed_nll(self(**inputs).float(), short, 0.0))
         target = batch["target"]
         if sum(len(t) for _, t in self.decoded) < VAL_SAMPLE:
             ids = self.model.generate(inputs["src"], inputs["src_mask"],  # type: ignore[operator]
@@ -95,6 +94,7 @@ class Seq2SeqModule(FamilyModule):
             self.decoded.append((ids.cpu(), target.cpu()))
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         if not self.decoded:
             return
         found = sentence_scores(torch.cat([p for p, _ in self.decoded]),
