@@ -7,6 +7,7 @@ HYDRA_FULL_ERROR=1 for tracebacks.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -57,13 +58,23 @@ def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _main(cfg: DictConfig) -> None:
+    from rich.console import Console
+
     from archselect.run import run
 
     job = _job()
     # A multirun job's study is named after the overrides that make it differ.
     suffix = "" if job is None else f"[{','.join(job[1]) if job[1] else f'job{job[0]}'}]"
+    output = str(cfg.get("output", "text"))
     try:
-        result = run(cfg, study_suffix=suffix)
+        # quiet / json: the report goes nowhere; the final line or the summary is printed below
+        result = run(cfg, console=None if output == "text" else Console(quiet=True),
+                     study_suffix=suffix)
+        if output == "quiet" and result.final_line:
+            Console(width=None if sys.stdout.isatty() else 140).print(result.final_line,
+                                                                      soft_wrap=True)
+        elif output == "json":
+            print(json.dumps(result.summary(), default=str), flush=True)
         if result.outcome is not None and result.outcome.interrupted:
             fail(f"interrupted ({result.outcome.stopped_by}): the finished trials are kept and "
                  "the best model so far is registered; fix: run the same command again to "
@@ -131,6 +142,7 @@ def help_text() -> str:
         "  selector.candidates=[a,b]                 only these architectures, in this order",
         "  dry_run=true                              the selection report only; nothing is trained",
         "  search.study_name=NAME                    name a study (the same name resumes it)",
+        "  output=quiet | output=json                the final line only | one JSON summary",
         "",
         "Examples:",
         "  archselect task=text_classification",

@@ -65,6 +65,40 @@ class RunResult:
     model_version: int | None = None
     champion: str = ""
     onnx_uri: str | None = None
+    model_name: str = ""
+    #: the tracking store (absolute) and experiment the study went to
+    tracking_uri: str = ""
+    experiment: str = ""
+    #: the whole command's seconds, and its final line (what ``output=quiet`` prints)
+    total_s: float = 0.0
+    final_line: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """What the command did, as plain data (``output=json`` prints it)."""
+        out: dict[str, Any] = {"study": self.study_name, "task": self.selection.task.name,
+                               "dry_run": self.dry_run}
+        if self.dry_run:
+            return {**out, "selection": self.selection.to_dict()}
+        o = self.outcome
+        states: dict[str, int] = {}
+        for r in o.records if o is not None else []:
+            states[r.state] = states.get(r.state, 0) + 1
+        best = o.best if o is not None else None
+        model = (f"models:/{self.model_name}/{self.model_version}" if self.model_version
+                 else self.model_uri)
+        return {**out, "stopped_by": o.stopped_by if o is not None else "",
+                "seconds": round(self.total_s, 1),
+                "search_seconds": round(o.elapsed_s, 1) if o is not None else 0.0,
+                "trials": states, "monitor": self.selection.task.monitor,
+                "best_trial": None if best is None else {
+                    "number": best.number, "arch": best.arch, "value": best.value},
+                "final_model": self.final_model, "test_metrics": self.test_metrics,
+                "baseline": {"name": self.baseline_name, "metrics": self.baseline_metrics},
+                "reference": {"name": self.reference_name, "metrics": self.reference_metrics},
+                "comparison": self.comparison, "model_uri": model,
+                "model_version": self.model_version, "champion": self.champion or None,
+                "parent_run_id": self.parent_run_id, "onnx_uri": self.onnx_uri,
+                "tracking_uri": mask_secrets(self.tracking_uri), "experiment": self.experiment}
 
 
 def quiet_libraries() -> None:
@@ -166,6 +200,8 @@ def run(cfg: Any, console: Console | None = None, study_suffix: str = "") -> Run
         # Piped output (logs, CI) gets a wide table instead of rich's 80-column default.
         console = Console() if sys.stdout.isatty() else Console(width=140)
     conf = typed(cfg)
+    if conf.output != "text":  # quiet or json: no progress bars either
+        conf.trainer.progress_bar = False
     prep = prepare(conf, console)
     dm, spec, hw, selection = prep.dm, prep.spec, prep.hw, prep.selection
     task = selection.task
@@ -179,13 +215,18 @@ def run(cfg: Any, console: Console | None = None, study_suffix: str = "") -> Run
     study_name = study_name_for(conf, study_suffix)
     sel_report = report.selection_dict(spec, hw, selection, study_name, dm.profile_lines())
     report.print_selection(console, sel_report)
-    result = RunResult(study_name=study_name, selection=selection, spec=spec, hardware=hw)
+    result = RunResult(study_name=study_name, selection=selection, spec=spec, hardware=hw,
+                       tracking_uri=report.absolute_uri(conf.tracking.uri),
+                       experiment=conf.tracking.experiment,
+                       model_name=conf.tracking.model_name)
     console.print(report.budget_line(search.n_trials, search.timeout, search.trial_timeout,
                                      search.max_epochs, search.patience, task.monitor,
                                      search.storage))
     if conf.dry_run:
-        console.print("[bold]dry_run=true[/]: nothing trained, nothing written to the stores.")
+        result.final_line = "[bold]dry_run=true[/]: nothing trained, nothing written to the stores."
+        console.print(result.final_line)
         result.dry_run = True
+        result.total_s = time.monotonic() - started
         return result
 
     from mlflow.exceptions import MlflowException
@@ -334,12 +375,13 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
         if status != "RUNNING":
             with suppress(Exception):  # a store that failed cannot record the end either
                 tracker.end_study(status)
-    console.print(report.summary_line(outcome, result.final_model, result.test_metrics,
-                                      conf.tracking.model_name, result.model_version,
-                                      result.model_uri, conf.tracking.uri,
-                                      conf.tracking.experiment, result.comparison,
-                                      total_s=time.monotonic() - started),
-                  soft_wrap=True)  # one line, so the command can be copied
+    result.total_s = time.monotonic() - started
+    result.final_line = report.summary_line(outcome, result.final_model, result.test_metrics,
+                                            conf.tracking.model_name, result.model_version,
+                                            result.model_uri, conf.tracking.uri,
+                                            conf.tracking.experiment, result.comparison,
+                                            total_s=result.total_s)
+    console.print(result.final_line, soft_wrap=True)  # one line, so the command can be copied
 
 
 def _reference(prep: Prepared, objective: Any, settings: Any, tracker: Any,

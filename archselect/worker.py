@@ -48,8 +48,9 @@ def work(config_yaml: str, index: int, study_name: str) -> int:
     objective = Objective(settings, study_name, prep.selection, prep.dm, prep.hw, tracker,
                           prep.family_cls, SearchProgress())
     outcome = run_search(conf.search, study, objective, prep.selection.candidates,
-                         on_trial=report.trial_line(Console(width=140), task.monitor,
-                                                    f"w{index} "),
+                         on_trial=report.trial_line(
+                             Console(width=140, quiet=conf.output != "text"), task.monitor,
+                             f"w{index} "),
                          enqueue=False)
     return 130 if outcome.interrupted else 0
 

@@ -20,6 +20,8 @@ CHEAP = ["trainer.progress_bar=false", "search.max_epochs=1", "data.vocab_size=5
     (["task=audio_classification", "selector.table.audio_classification.available=false"],
      "not available yet"),
     (["selector.candidates=[lstm,resnt]"], "selector.candidates: unknown architecture 'resnt'"),
+    (["output=jsn"], "output: unknown output mode; given 'jsn'; expected one of: json, quiet, "
+                     "text (did you mean 'json'?)"),
     (["data=csv", "data.path=nope.csv"], "data.path: file not found; given 'nope.csv'"),
     (["data=csv", "data.path=reviews.csv", "data.target=label"],
      "data.target: no such column in the data; given 'label'; expected one of: review, stars"),
@@ -83,3 +85,37 @@ def test_help_is_written_for_people_and_answers_at_once(tmp_path: Path) -> None:
     assert text.startswith("usage: archselect") and "powered by Hydra" not in text
     assert "  image_generation " in text and "vae, dcgan, ddpm" in text
     assert "search.n_trials" in text and "dry_run=true" in text and "@champion" in text
+
+
+IRIS_QUICK = ["task=tabular_classification", "data=iris", "search.n_trials=2",
+              "search.max_epochs=2", "search.n_workers=1", "selector.references=false",
+              "search.refit=false"]
+
+
+@pytest.mark.study
+def test_output_json_is_one_object_and_quiet_one_line(tmp_path: Path) -> None:
+    import json
+
+    import mlflow
+
+    proc = archselect(*IRIS_QUICK, "output=json", f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)  # the whole of stdout: one JSON object, nothing else
+    assert summary["task"] == "tabular_classification" and summary["dry_run"] is False
+    assert summary["trials"] == {"COMPLETE": 2} and summary["stopped_by"] == "search.n_trials"
+    assert set(summary["test_metrics"]) >= {"accuracy", "macro_f1"}
+    assert summary["model_uri"] == "models:/archselect-tabular_classification/1"
+    assert summary["tracking_uri"] == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(summary["tracking_uri"])
+    assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
+
+    quiet = archselect(*IRIS_QUICK, "output=quiet", "search.study_name=q",
+                       f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    lines = quiet.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Done in"), quiet.stdout[-2000:]
+    assert "models:/archselect-tabular_classification/" in lines[0]
+
+    dry = archselect(*IRIS_QUICK, "output=json", "dry_run=true", cwd=tmp_path)
+    plan = json.loads(dry.stdout)
+    assert plan["dry_run"] is True and plan["selection"]["candidates"]

@@ -271,6 +271,9 @@ class ArchselectConfig:
     seed: int = MISSING
     dry_run: bool = MISSING
     runs_dir: str = MISSING
+    #: what the command prints: ``text`` (the report), ``quiet`` (the final line only) or
+    #: ``json`` (one JSON object on stdout: the summary)
+    output: str = "text"
 
 
 # -- data: a kind's keys (what its DataModule reads) and a source's own keys (what its loader

@@ -86,6 +86,17 @@ def check_numbers(cfg: ArchselectConfig) -> None:
                           given=cfg.export.onnx_tolerance, fix="e.g. 1e-4")
 
 
+OUTPUTS = ("text", "quiet", "json")
+
+
+def check_output(cfg: ArchselectConfig) -> None:
+    if cfg.output not in OUTPUTS:
+        raise ConfigError("output", "unknown output mode", given=cfg.output,
+                          allowed=list(OUTPUTS),
+                          fix="output=quiet prints the final line only, output=json one JSON "
+                              "object")
+
+
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed_everything's bound (uint32)
 
 
@@ -160,4 +171,5 @@ def validate(cfg: ArchselectConfig) -> None:
     check_runs_dir(cfg.runs_dir)
     check_numbers(cfg)
     check_seed(cfg)
+    check_output(cfg)
     check_tracking(cfg)
