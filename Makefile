@@ -68,7 +68,7 @@ ui: setup
 dashboard: setup
 	$(BIN)/optuna-dashboard sqlite:///runs/optuna.db --host 127.0.0.1 --port 8080
 
-# The quick benchmarks (1-5, about 13 minutes on 2 cores); then benchmarks/RESULTS.md is regenerated.
+# The quick benchmarks (1-5, about 12 minutes on 2 cores); then benchmarks/RESULTS.md is regenerated.
 # Quality per budget is long: .venv/bin/python benchmarks/quality.py --budgets 5,15
 # ARCHSELECT_BENCH_THREADS=N sets torch threads (default: torch's own).
 bench: setup

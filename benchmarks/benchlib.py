@@ -82,10 +82,17 @@ def median(values: list[float]) -> float:
 
 
 def compose(overrides: list[str], runs_dir: Path) -> Any:
-    """The real config, composed as the ``archselect`` command would, stores under ``runs_dir``."""
+    """The real config, composed as the ``archselect`` command would, stores under ``runs_dir``.
+
+    The study runs in this process with this process's torch threads (one worker: the probes
+    see every trial, and a plain loop beside it gets the same threads); the selector's own
+    choice of workers and threads is what benchmarks/workers.py measures."""
+    import torch
+
     from archselect.config.compose import compose_config
 
-    return compose_config([*QUIET, f"runs_dir={runs_dir}", *overrides])
+    return compose_config([*QUIET, "search.n_workers=1", f"search.threads={torch.get_num_threads()}",
+                           f"runs_dir={runs_dir}", *overrides])
 
 
 def run_study(overrides: list[str], runs_dir: Path) -> Any:
