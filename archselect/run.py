@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 import warnings
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from archselect.config.validate import typed, validate
 from archselect.data.base import BaseDataModule, DataSpec, open_datamodule
 from archselect.hardware import HardwareProfile, package_versions, profile_hardware
 from archselect.locks import held
+from archselect.logs import library_log, log_path
 from archselect.search.trials import StudyOutcome
 from archselect.secrets import mask_secrets
 from archselect.selector import Selection, continuous_target_rule, resolve_task, select
@@ -72,6 +73,8 @@ class RunResult:
     #: the whole command's seconds, and its final line (what ``output=quiet`` prints)
     total_s: float = 0.0
     final_line: str = ""
+    #: where the libraries' own messages of the study went (absolute)
+    log_file: str = ""
 
     def summary(self) -> dict[str, Any]:
         """What the command did, as plain data (``output=json`` prints it)."""
@@ -98,7 +101,8 @@ class RunResult:
                 "comparison": self.comparison, "model_uri": model,
                 "model_version": self.model_version, "champion": self.champion or None,
                 "parent_run_id": self.parent_run_id, "onnx_uri": self.onnx_uri,
-                "tracking_uri": mask_secrets(self.tracking_uri), "experiment": self.experiment}
+                "tracking_uri": mask_secrets(self.tracking_uri), "experiment": self.experiment,
+                "log_file": self.log_file}
 
 
 def quiet_libraries() -> None:
@@ -290,6 +294,9 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
         }, resume_run_id=study.user_attrs.get("mlflow_parent_run_id"))
         study.set_user_attr("mlflow_parent_run_id", parent)
     result.parent_run_id = parent
+    logs = ExitStack()  # the libraries' own messages go to the study's log file from here
+    result.log_file = str(logs.enter_context(library_log(log_path(runs_dir, study_name)))
+                          .resolve())
     status = "FAILED"
     try:
         tracker.log_text(mask_secrets(OmegaConf.to_yaml(cfg, resolve=True)), "config/resolved.yaml")
@@ -375,6 +382,7 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
         if status != "RUNNING":
             with suppress(Exception):  # a store that failed cannot record the end either
                 tracker.end_study(status)
+        logs.close()
     result.total_s = time.monotonic() - started
     result.final_line = report.summary_line(outcome, result.final_model, result.test_metrics,
                                             conf.tracking.model_name, result.model_version,

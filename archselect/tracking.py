@@ -270,10 +270,14 @@ class Tracker:
                 if register_as:
                     # Tagged as it is created: a rerun finds it (registered_version). MLflow's
                     # own "Successfully registered" lines would land inside the report's
-                    # tables: the summary line says it.
-                    with contextlib.redirect_stderr(io.StringIO()):
+                    # tables: they go to the study's log file, the summary line says it.
+                    said = io.StringIO()
+                    with contextlib.redirect_stderr(said):
                         mv = mlflow.register_model(info.model_uri, register_as, tags={
                             RUN_TAG: self.parent_id, TRIAL_TAG: str(trial)})
+                    for line in said.getvalue().splitlines():
+                        if line.strip():
+                            logging.getLogger("mlflow.register").info(line.strip())
                     version = int(mv.version)
         except (OSError, MlflowException) as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:300]

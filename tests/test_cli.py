@@ -108,6 +108,11 @@ def test_output_json_is_one_object_and_quiet_one_line(tmp_path: Path) -> None:
     assert summary["tracking_uri"] == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     client = mlflow.MlflowClient(summary["tracking_uri"])
     assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
+    # MLflow's own lines went to the study's log file, not the terminal
+    log = Path(summary["log_file"])
+    assert log.parent == tmp_path / "runs" / "logs"
+    assert "Created version '1' of model 'archselect-tabular_classification'" in log.read_text()
+    assert "Created version" not in proc.stdout + proc.stderr
 
     quiet = archselect(*IRIS_QUICK, "output=quiet", "search.study_name=q",
                        f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import ONE_WORKER, compose_cfg
+from helpers import ONE_WORKER, STEADY_TRIALS, compose_cfg
 
 from archselect.run import run
 
@@ -69,7 +69,7 @@ def postgres() -> Iterator[str]:
 
 @pytest.mark.study
 def test_two_workers_share_a_postgresql_study(tmp_path: Path, postgres: str) -> None:
-    result = run(compose_cfg([*IRIS, "search.n_trials=6", "search.n_workers=2",
+    result = run(compose_cfg([*IRIS, *STEADY_TRIALS, "search.n_trials=6", "search.n_workers=2",
                               "search.study_name=pg", f"search.storage={postgres}"], tmp_path))
     study = optuna.load_study(study_name="pg", storage=postgres)
     done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,

@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
-from helpers import ONE_WORKER, compose_cfg
+from helpers import ONE_WORKER, STEADY_TRIALS, compose_cfg
 from mlflow.tracking import MlflowClient
 
 from archselect.config.errors import ArchselectError
@@ -274,8 +274,8 @@ def test_two_workers_share_a_journal_study_and_a_password_is_never_shown(
     journal = tmp_path / "study.journal"
     with _tracking_server(tmp_path) as port:
         uri = f"http://alice:{secret}@127.0.0.1:{port}"
-        result = run(compose_cfg([*IRIS, "search.max_epochs=40", "search.patience=40",
-                                  "search.n_trials=8", "search.n_workers=2", "search.study_name=w",
+        result = run(compose_cfg([*IRIS, *STEADY_TRIALS, "search.n_trials=8", "search.n_workers=2",
+                                  "search.study_name=w",
                                   f"search.storage=journal:///{journal}", f"tracking.uri={uri}"],
                                  tmp_path))
         from optuna.storages import JournalStorage

@@ -212,8 +212,9 @@ def test_pretrained_encoder_from_a_local_folder_trains_and_serves(make_cfg,
 
 @pytest.mark.study
 def test_search_timeout_starts_no_new_trial_the_running_one_finishes(make_cfg) -> None:
+    # The first trial (a baseline: never pruned) runs well past the 1 s timeout.
     result = run(make_cfg("selector.candidates=[lstm]", "search.study_name=t", "search.n_trials=5",
-                          "search.max_epochs=2", "search.timeout=1"))
+                          "search.max_epochs=8", "search.patience=8", "search.timeout=1"))
     assert result.outcome.stopped_by == "search.timeout"
     (record,) = result.outcome.records
     assert record.state == "COMPLETE" and record.epochs >= 1
