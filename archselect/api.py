@@ -103,8 +103,7 @@ class Result:
     @property
     def model_uri(self) -> str | None:
         """The registered model's URI (``models:/<name>/<version>``), or the run's model."""
-        r = self.run
-        return f"models:/{self.model_name}/{r.model_version}" if r.model_version else r.model_uri
+        return self.run.model_ref
 
     @property
     def run_id(self) -> str | None:

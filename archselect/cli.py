@@ -60,6 +60,7 @@ def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
 def _main(cfg: DictConfig) -> None:
     from rich.console import Console
 
+    from archselect.report import terminal
     from archselect.run import run
 
     job = _job()
@@ -71,8 +72,7 @@ def _main(cfg: DictConfig) -> None:
         result = run(cfg, console=None if output == "text" else Console(quiet=True),
                      study_suffix=suffix)
         if output == "quiet" and result.final_line:
-            Console(width=None if sys.stdout.isatty() else 140).print(result.final_line,
-                                                                      soft_wrap=True)
+            terminal().print(result.final_line, soft_wrap=True)
         elif output == "json":
             print(json.dumps(result.summary(), default=str), flush=True)
         if result.outcome is not None and result.outcome.interrupted:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -89,6 +90,12 @@ def summary_line(outcome: StudyOutcome, model: str, test: dict[str, float],
             + ", ".join(f"{k} {v:.4f}" for k, v in test.items()) + ". "
             + (f"{comparison[:1].upper()}{comparison[1:]}. " if comparison else "") + registered
             + load + dashboard_hint(uri, experiment))
+
+
+def terminal(**options: Any) -> Console:
+    """The console for stdout: piped output (logs, CI) gets 140 columns instead of rich's
+    80-column default."""
+    return Console(**options) if sys.stdout.isatty() else Console(width=140, **options)
 
 
 def absolute_uri(uri: str) -> str:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import sys
 import time
 import warnings
+from collections import Counter
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +76,12 @@ class RunResult:
     #: where the libraries' own messages of the study went (absolute)
     log_file: str = ""
 
+    @property
+    def model_ref(self) -> str | None:
+        """The registered model's URI (``models:/<name>/<version>``), or the run's model."""
+        return (f"models:/{self.model_name}/{self.model_version}" if self.model_version
+                else self.model_uri)
+
     def summary(self) -> dict[str, Any]:
         """What the command did, as plain data (``output=json`` prints it)."""
         out: dict[str, Any] = {"study": self.study_name, "task": self.selection.task.name,
@@ -83,22 +89,18 @@ class RunResult:
         if self.dry_run:
             return {**out, "selection": self.selection.to_dict()}
         o = self.outcome
-        states: dict[str, int] = {}
-        for r in o.records if o is not None else []:
-            states[r.state] = states.get(r.state, 0) + 1
         best = o.best if o is not None else None
-        model = (f"models:/{self.model_name}/{self.model_version}" if self.model_version
-                 else self.model_uri)
         return {**out, "stopped_by": o.stopped_by if o is not None else "",
                 "seconds": round(self.total_s, 1),
                 "search_seconds": round(o.elapsed_s, 1) if o is not None else 0.0,
-                "trials": states, "monitor": self.selection.task.monitor,
+                "trials": dict(Counter(r.state for r in (o.records if o is not None else []))),
+                "monitor": self.selection.task.monitor,
                 "best_trial": None if best is None else {
                     "number": best.number, "arch": best.arch, "value": best.value},
                 "final_model": self.final_model, "test_metrics": self.test_metrics,
                 "baseline": {"name": self.baseline_name, "metrics": self.baseline_metrics},
                 "reference": {"name": self.reference_name, "metrics": self.reference_metrics},
-                "comparison": self.comparison, "model_uri": model,
+                "comparison": self.comparison, "model_uri": self.model_ref,
                 "model_version": self.model_version, "champion": self.champion or None,
                 "parent_run_id": self.parent_run_id, "onnx_uri": self.onnx_uri,
                 "tracking_uri": mask_secrets(self.tracking_uri), "experiment": self.experiment,
@@ -201,8 +203,7 @@ def run(cfg: Any, console: Console | None = None, study_suffix: str = "") -> Run
     """
     started = time.monotonic()
     if console is None:
-        # Piped output (logs, CI) gets a wide table instead of rich's 80-column default.
-        console = Console() if sys.stdout.isatty() else Console(width=140)
+        console = report.terminal()
     conf = typed(cfg)
     if conf.output != "text":  # quiet or json: no progress bars either
         conf.trainer.progress_bar = False

@@ -293,6 +293,7 @@ def parallelism(rule: ParallelRule | None, spec: DataSpec, hw: HardwareProfile,
     where given, else ``selector.rules.parallel`` from the data, the models' size and the
     machine."""
     cores = max(1, hw.cpu_cores)
+    small = False
     if n_workers is not None:
         workers = n_workers
         why = f"search.n_workers={n_workers}"
@@ -308,23 +309,20 @@ def parallelism(rule: ParallelRule | None, spec: DataSpec, hw: HardwareProfile,
         small = spec.kind in rule.small_kinds or (pixels is not None and pixels <= rule.max_pixels)
         if small:
             by_memory = max(1, int(hw.memory_gb // rule.memory_gb_per_worker))
-            workers = max(1, min(cores, n_trials, rule.max_workers, by_memory))
-            if deterministic:
-                workers = 1  # several workers interleave trials differently on every run
+            # several workers interleave trials differently on every run
+            workers = 1 if deterministic else max(1, min(cores, n_trials, rule.max_workers,
+                                                         by_memory))
             what = f"{pixels}-pixel images" if pixels is not None else f"{spec.kind} data"
             why = (f"small models ({what}) on {cores} CPU core{'s' * (cores > 1)}: "
                    + (f"{workers} trials side by side, " if workers > 1 else "")
                    + "one torch thread each (selector.rules.parallel)"
                    + ("; one at a time: trainer.deterministic=true" if deterministic else ""))
-            if threads is None:
-                return workers, 1, why
         else:
             workers = 1
             why = f"larger models ({spec.kind} data): one trial at a time on every core"
-    share = threads if threads is not None else max(1, cores // max(1, workers))
     if threads is not None:
-        why += f"; search.threads={threads}"
-    return workers, share, why
+        return workers, threads, f"{why}; search.threads={threads}"
+    return workers, 1 if small else max(1, cores // max(1, workers)), why
 
 
 def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], max_epochs: int,

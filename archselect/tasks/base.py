@@ -54,7 +54,7 @@ class FamilyModule(pl.LightningModule):
         #: torchmetrics objects logged once per epoch by name (``train_*``, ``val_*``); the
         #: family updates them in its steps
         self.epoch_metrics: dict[str, Any] = {}
-        self._sums: dict[str, dict[str, list[Any]]] = {"train": {}, "val": {}}
+        self._sums: dict[str, dict[str, tuple[Any, int]]] = {"train": {}, "val": {}}
         self._values: dict[str, dict[str, torch.Tensor]] = {}
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
@@ -74,13 +74,8 @@ class FamilyModule(pl.LightningModule):
         to the epoch's means."""
         for name, value in values.items():
             sums = self._sums[name.split("_", 1)[0]]
-            weighted = value.detach().float() * n
-            held = sums.get(name)
-            if held is None:
-                sums[name] = [weighted, n]
-            else:
-                held[0] = held[0] + weighted
-                held[1] += n
+            total, rows = sums.get(name, (0.0, 0))
+            sums[name] = (total + value.detach().float() * n, rows + n)
 
     def epoch_values(self, stage: str) -> dict[str, torch.Tensor]:
         """This epoch's values of ``stage`` (``train`` or ``val``): the means added and the
