@@ -51,11 +51,14 @@ CPU = HardwareProfile(cpu_cores=2, torch_threads=2, memory_gb=8.0)
 # test expects, and the test runner's own processes already share the cores. (The default, null,
 # lets the selector run a trial per core for small models: tests/test_selector.py.)
 ONE_WORKER = "search.n_workers=1"
+# No pruning: whether a trial is pruned depends on which trials ended before its epochs, which
+# differs from run to run when several processes share a study.
+NO_PRUNING = ["~search.pruner.n_startup_trials", "~search.pruner.n_warmup_steps",
+              "search.pruner._target_=optuna.pruners.NopPruner"]
 # Tabular trials of a few seconds each on iris (only the MLP, 300 epochs, no pruning or early
 # stop): a second worker process, which needs seconds to start, joins while the first is busy.
 STEADY_TRIALS = ["selector.candidates=[mlp]", "search.max_epochs=300", "search.patience=300",
-                 "~search.pruner.n_startup_trials", "~search.pruner.n_warmup_steps",
-                 "search.pruner._target_=optuna.pruners.NopPruner"]
+                 *NO_PRUNING]
 
 
 def compose_cfg(overrides: list[str], tmp_path: Path, cheap: bool = True) -> Any:

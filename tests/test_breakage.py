@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 import pytest
-from helpers import ONE_WORKER, archselect, compose_cfg
+from helpers import NO_PRUNING, ONE_WORKER, archselect, compose_cfg
 from mlflow.tracking import MlflowClient
 
 from archselect.config.errors import ArchselectError, ConfigError
@@ -119,7 +119,8 @@ def test_a_finished_one_trial_study_leaves_no_waiting_trial(tmp_path: Path) -> N
 # -- two commands at once, signals while registering, a rerun ----------------------------------
 @pytest.mark.study
 def test_two_commands_at_once_share_one_study_one_parent_run_one_model(tmp_path: Path) -> None:
-    args = [*IRIS, "search.n_trials=4", f"runs_dir={tmp_path / 'runs'}"]
+    # every trial completes, whichever command runs it and whenever (no pruning)
+    args = [*IRIS, *NO_PRUNING, "search.n_trials=4", f"runs_dir={tmp_path / 'runs'}"]
     env = {**os.environ, "COLUMNS": "160"}
     procs = [subprocess.Popen([sys.executable, "-m", "archselect", *args], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
