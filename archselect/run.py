@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import time
+import uuid
 import warnings
 from collections import Counter
 from contextlib import ExitStack, suppress
@@ -26,13 +27,15 @@ from archselect.config.schema import ArchselectConfig
 from archselect.config.validate import typed, validate
 from archselect.data.base import BaseDataModule, DataSpec, open_datamodule
 from archselect.hardware import HardwareProfile, package_versions, profile_hardware
-from archselect.locks import held
+from archselect.locks import held, study_lock
 from archselect.logs import library_log, log_path
 from archselect.search.trials import StudyOutcome
 from archselect.secrets import mask_secrets
 from archselect.selector import Selection, continuous_target_rule, resolve_task, select
 from archselect.signals import interrupt_on_signals
 
+#: the study's user attribute that says which command finished it, with how many trials
+FINISHED = "archselect_finished"
 #: a write that failed because of the disk (full, read-only, over quota, failing), not the study
 DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO)
 
@@ -268,9 +271,9 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
     from archselect.search import workers
     from archselect.search.fit import TrialSettings
     from archselect.search.objective import Objective, SearchProgress, checkpoint_folder, study_key
-    from archselect.search.storage import check_storage
+    from archselect.search.storage import check_storage, wait_for_running
     from archselect.search.study import open_study, run_search, sampler_and_pruner
-    from archselect.search.trials import records
+    from archselect.search.trials import counted, records
     from archselect.tracking import Tracker
 
     family_cls, dm, spec, hw, selection = (prep.family_cls, prep.dm, prep.spec, prep.hw,
@@ -279,11 +282,14 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
     runs_dir = Path(conf.runs_dir).expanduser()
     # Sampler, pruner and storage are checked, then the tracking store: a bad value in either
     # must not leave an empty study or experiment behind. Commands started at once in one folder
-    # take turns to create the stores and the study's parent run.
+    # take turns to create the stores, and commands on one study (on other machines too, through
+    # a PostgreSQL or MySQL storage) to create the study's parent run.
     sampler_and_pruner(search)
     check_storage(search.storage)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    with held(runs_dir):
+    key = study_key(study_name, search.storage)
+    with held(runs_dir), study_lock(search.storage, f"start {study_name}",
+                                    runs_dir / "locks" / f"{key}.start.lock", wait=True):
         tracker = Tracker.open(conf.tracking)
         study = open_study(search, study_name, selection, spec, tracker=tracker)
         parent = tracker.start_study(study_name, {
@@ -294,6 +300,7 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
             f"{', '.join(c.name for c in selection.candidates)}",
         }, resume_run_id=study.user_attrs.get("mlflow_parent_run_id"))
         study.set_user_attr("mlflow_parent_run_id", parent)
+        finished_before = study.user_attrs.get(FINISHED)
     result.parent_run_id = parent
     logs = ExitStack()  # the libraries' own messages go to the study's log file from here
     result.log_file = str(logs.enter_context(library_log(log_path(runs_dir, study_name)))
@@ -326,7 +333,11 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
                                  on_trial=report.trial_line(console, task.monitor))
             if outcome.interrupted:
                 workers.stop(procs)
-        if procs:  # the other workers' last trials ended after this one's loop
+        # Other commands on the study (here or on other machines) may still run trials: the
+        # study is finished with all of them.
+        others = 0 if outcome.interrupted else wait_for_running(
+            study, tracker, lambda line: console.print(line, soft_wrap=True))
+        if procs or others:  # other workers' last trials ended after this one's loop
             outcome.records = records(study)
         result.outcome = outcome
         rows = report.leaderboard(outcome, task.monitor, reference)
@@ -355,9 +366,13 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
                 f"{sum(r.state == 'PRUNED' for r in outcome.records)} pruned); the reasons are in "
                 "the leaderboard above; fix: check the data and budgets (search.max_epochs)"
             )
-        lock = runs_dir / "locks" / f"{study_key(study_name, search.storage)}.finish.lock"
-        with held(lock, wait=False) as mine:
-            if not mine:  # another command on this study is testing and registering it
+        with study_lock(search.storage, f"finish {study_name}",
+                        runs_dir / "locks" / f"{key}.finish.lock", wait=False) as mine:
+            finished = study.user_attrs.get(FINISHED)
+            if not mine or (finished is not None and finished != finished_before
+                            and finished.get("trials") == counted(study)):
+                # another command on this study is testing and registering it, or did so after
+                # this one started, with every trial this one sees
                 console.print(f"Study {study_name} is being finished by another process; this "
                               "one ran its trials and stops here.", soft_wrap=True)
                 status = "RUNNING"
@@ -367,6 +382,8 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
                           tracking=conf.tracking, export=conf.export,
                           ensemble_rounds=search.ensemble_rounds, reference=reference,
                           register_references=conf.selector.register_references)
+            study.set_user_attr(FINISHED, {"trials": counted(study), "by": uuid.uuid4().hex,
+                                           "version": done.model_version})
         result.test_metrics, result.baseline_name = done.test_metrics, done.baseline_name
         result.baseline_metrics, result.model_uri = done.baseline_metrics, done.model_uri
         result.model_version, result.champion = done.model_version, done.champion

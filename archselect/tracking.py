@@ -93,7 +93,12 @@ class Tracker:
             if local:  # local stores keep artifacts beside them; a server uses its own store
                 folder.mkdir(parents=True, exist_ok=True)
                 location = folder.as_uri()
-            return str(self.client.create_experiment(name, artifact_location=location))
+            try:
+                return str(self.client.create_experiment(name, artifact_location=location))
+            except Exception:  # another command made it at the same moment: use theirs
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
         if exp.lifecycle_stage == "deleted":
             self.client.restore_experiment(exp.experiment_id)
         kept = str(exp.artifact_location)
@@ -189,8 +194,14 @@ class Tracker:
                           source=json.dumps({"uri": mask_secrets(source)}),
                           schema=json.dumps(schema) if schema else None,
                           profile=json.dumps(profile, default=str))
-        self.client.log_inputs(self.parent_id, datasets=[DatasetInput(
-            dataset, tags=[InputTag("mlflow.data.context", context)])])
+        inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
+        try:
+            self.client.log_inputs(self.parent_id, datasets=inputs)
+        except MlflowException:
+            # Commands on one study log the same dataset at once; a server's store refuses all
+            # but the first insert. It is there now, and logging it again links it.
+            time.sleep(0.5)
+            self.client.log_inputs(self.parent_id, datasets=inputs)
 
     # -- children -------------------------------------------------------------------------
     def start_trial(self, study_name: str, number: int, arch: str,
@@ -330,12 +341,13 @@ class Tracker:
             uri = str(self.client.get_model_version_download_uri(model_name, str(version)))
         except MlflowException:
             return None
-        if uri.startswith("file:"):
+        scheme = urlparse(uri).scheme
+        if scheme == "file":
             path = Path(unquote(urlparse(uri).path))
-        elif "://" not in uri:
+        elif not scheme:
             path = Path(uri)
-        else:
-            return None  # a server's artifacts: not ours to look at
+        else:  # a server's artifacts (mlflow-artifacts:/, s3://, ...): not ours to look at
+            return None
         return None if path.exists() else str(path)
 
     def update_champion(self, model_name: str, version: int, *, alias: str, metric: str,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -86,14 +87,26 @@ def make_storage(url: str, *, heartbeat_interval: int | None, grace_period: int,
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return optuna.storages.RDBStorage(
-        url,
-        # Several local workers on one SQLite file wait for its lock instead of failing.
-        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=None if heartbeat_interval is None else grace_period,
-        heartbeat_stale_trial_callback=on_stale,
-    )
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                # Several local workers on one SQLite file wait for its lock instead of failing.
+                engine_kwargs=({"connect_args": {"timeout": 60}} if url.startswith("sqlite:")
+                               else None),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=None if heartbeat_interval is None else grace_period,
+                heartbeat_stale_trial_callback=on_stale,
+            )
+        except (IntegrityError, ProgrammingError):
+            # Commands started together on an empty database each create Optuna's tables; all
+            # but one fail on a unique key (PostgreSQL's enum type). The tables exist then.
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 def worker_id() -> str:
@@ -141,3 +154,25 @@ def reap_dead_trials(study: optuna.Study, tracker: Tracker | None) -> list[int]:
         close_killed_run(tracker, t, f"worker {owner} died mid-trial; {KILLED_REASON}")
         reaped.append(t.number)
     return reaped
+
+
+def wait_for_running(study: optuna.Study, tracker: Tracker | None,
+                     say: Callable[[str], None], poll: float = 1.0) -> int:
+    """Wait until no trial of the study runs (trials of other commands on the study, on this
+    machine or others), failing those whose worker died meanwhile (by process here, by heartbeat
+    on an RDB), so that the study is finished with every trial it holds. Returns how many trials
+    were waited for."""
+    waited: set[int] = set()
+    while True:
+        reap_dead_trials(study, tracker)
+        with suppress(Exception):  # storages without heartbeats have nothing to fail
+            optuna.storages.fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(TS.RUNNING,))
+        if not running:
+            return len(waited)
+        if not waited:
+            say(f"Waiting for {len(running)} trial(s) of other workers on study "
+                f"{study.study_name} to end (trials "
+                f"{', '.join(str(t.number) for t in running)})")
+        waited.update(t.number for t in running)
+        time.sleep(poll)

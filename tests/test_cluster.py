@@ -1,0 +1,191 @@
+"""Studies beyond one process, on the real servers ``archselect-cluster up`` starts: Debian's
+PostgreSQL (the study storage) and an MLflow tracking server on it that proxies the artifacts.
+
+Three commands started separately, each with its own runs folder (as on three machines: they
+share nothing but the two URLs), run one study: the budget is exact, trial numbers unique, every
+trial's MLflow run sits under the one parent run, and one of them tests and registers the model,
+once, which then loads through the server. A worker "on another machine" (its own hostname, in a
+UTS namespace) killed with SIGKILL mid-trial has its trial failed by the heartbeat, not by its
+process id, and the study still ends with exactly its budget.
+
+Where PostgreSQL, root or ``unshare`` are missing the tests are skipped with a message, except in
+CI (``CI`` set), where they fail: CI must run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+from helpers import STEADY_TRIALS
+from mlflow import MlflowClient
+
+from archselect.cluster import Cluster, ClusterError, down, up
+
+IRIS = ["task=tabular_classification", "data=iris", "search.n_workers=1",
+        "trainer.progress_bar=false", "selector.rules.cross_validation.max_samples=0",
+        "selector.references=false"]
+TS = optuna.trial.TrialState
+
+
+def _missing(message: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(message + "; CI must run it")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """``archselect-cluster up`` in a folder of its own, ``down`` after the module's tests."""
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        _missing("starting PostgreSQL here needs root and runuser (initdb runs as postgres)")
+    folder = Path(tempfile.mkdtemp(prefix="archselect-cluster-"))
+    try:
+        try:
+            started = up(folder)
+        except ClusterError as exc:
+            _missing(str(exc))
+        yield started
+    finally:
+        down(folder, purge=True)
+
+
+def _command(args: list[str], cwd: Path, *, prefix: list[str] | None = None
+             ) -> subprocess.Popen[str]:
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "COLUMNS": "160", "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([*(prefix or []), sys.executable, "-m", "archselect", *args,
+                             f"runs_dir={cwd / 'runs'}"], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def test_the_cluster_command_starts_says_and_stops(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        _missing("starting PostgreSQL here needs root and runuser (initdb runs as postgres)")
+    cli = [sys.executable, "-m", "archselect.cluster"]
+    folder = tmp_path / "cluster"
+    started = subprocess.run([*cli, "up", "--dir", str(folder), "--json"], capture_output=True,
+                             text=True, timeout=180)
+    try:
+        assert started.returncode == 0, started.stderr
+        urls = json.loads(started.stdout)
+        assert urls["storage"].startswith("postgresql://postgres@127.0.0.1:")
+        assert urls["tracking"].startswith("http://127.0.0.1:")
+        status = subprocess.run([*cli, "status", "--dir", str(folder)], capture_output=True,
+                                text=True, timeout=60)
+        assert status.returncode == 0 and f"tracking.uri={urls['tracking']}" in status.stdout
+    finally:
+        stopped = subprocess.run([*cli, "down", "--dir", str(folder)], capture_output=True,
+                                 text=True, timeout=120)
+    assert stopped.stdout.strip() == "stopped"
+    gone = subprocess.run([*cli, "status", "--dir", str(folder)], capture_output=True, text=True,
+                          timeout=60)
+    assert gone.returncode == 1 and "no cluster is running" in gone.stdout
+
+
+@pytest.mark.study
+def test_three_commands_share_one_postgresql_study_and_one_mlflow_server(
+        cluster: Cluster, tmp_path: Path) -> None:
+    args = [*IRIS, *STEADY_TRIALS, "search.max_epochs=80", "search.patience=80",
+            "search.n_trials=6", "search.study_name=three", f"search.storage={cluster.storage}",
+            f"tracking.uri={cluster.tracking}", "tracking.experiment=three",
+            "tracking.model_name=three"]
+    procs = [_command(args, tmp_path / f"machine{i}") for i in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:] + out[-2000:]
+        assert "Traceback" not in err
+    finishers = [out for out, _ in outs if "Model registered as three version 1" in out]
+    assert len(finishers) == 1  # one command tested and registered; the others said so
+    assert sum("is being finished by another process" in out for out, _ in outs) == 2
+
+    study = optuna.load_study(study_name="three", storage=cluster.storage)
+    assert sum(t.state == TS.COMPLETE for t in study.trials) == 6  # exactly the budget
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    workers = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers) >= 2  # trials ran in more than one command
+
+    client = MlflowClient(cluster.tracking)
+    exp = client.get_experiment_by_name("three")
+    assert exp is not None and exp.artifact_location.startswith("mlflow-artifacts:")
+    parents = client.search_runs([exp.experiment_id], "tags.`archselect.role` = 'study'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trials = client.search_runs([exp.experiment_id], "tags.`archselect.role` = 'trial'")
+    assert len(trials) == 6
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
+    versions = client.search_model_versions("name = 'three'")
+    assert [v.version for v in versions] == ["1"]
+    assert client.get_model_version_by_alias("three", "champion").version == "1"
+    # The artifacts went through the server into its own folder: no shared disk needed.
+    assert any((Path(cluster.folder) / "artifacts").rglob("MLmodel"))
+
+    mlflow.set_tracking_uri(cluster.tracking)
+    try:
+        model = mlflow.pyfunc.load_model("models:/three@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
+    rows = pd.DataFrame({"sepal length (cm)": [5.1, 6.7], "sepal width (cm)": [3.5, 3.0],
+                         "petal length (cm)": [1.4, 5.2], "petal width (cm)": [0.2, 2.3]})
+    answer = model.predict(rows)
+    assert list(answer.columns) == ["label", "probability"] and len(answer) == 2
+
+
+@pytest.mark.study
+def test_a_worker_on_another_machine_killed_mid_trial_is_failed_by_its_heartbeat(
+        cluster: Cluster, tmp_path: Path) -> None:
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--uts", "true"],
+                                         capture_output=True).returncode != 0:
+        _missing("a second hostname needs unshare --uts (root)")
+    args = [*IRIS, *STEADY_TRIALS, "search.n_trials=3", "search.study_name=killed",
+            f"search.storage={cluster.storage}", f"tracking.uri={cluster.tracking}",
+            "tracking.experiment=killed", "tracking.model_name=killed",
+            "search.heartbeat_interval=1", "search.grace_period=4"]
+    # The other machine: its own hostname, so that no process-id check can see it died.
+    other = _command(args, tmp_path / "other", prefix=[
+        unshare, "--uts", "sh", "-c", 'hostname other-machine && exec "$@"', "sh"])
+    study = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if other.poll() is not None:
+            pytest.fail("the other machine's command ended early: " + other.stderr.read()[-2000:])
+        try:
+            study = optuna.load_study(study_name="killed", storage=cluster.storage)
+            # mid-trial: its MLflow run is open
+            if any("mlflow_run_id" in t.user_attrs
+                   for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,))):
+                break
+        except KeyError:  # not created yet
+            pass
+        time.sleep(0.5)
+    else:
+        pytest.fail("the other machine never started a trial")
+    os.killpg(other.pid, signal.SIGKILL)
+    other.wait(timeout=60)
+    here = _command(args, tmp_path / "here")
+    out, err = here.communicate(timeout=600)
+    assert here.returncode == 0, err[-3000:] + out[-2000:]
+
+    study = optuna.load_study(study_name="killed", storage=cluster.storage)
+    killed = [t for t in study.trials if t.user_attrs.get("worker", "").startswith("other-machine")
+              and t.state == TS.FAIL]
+    assert len(killed) == 1 and "fail_reason" not in killed[0].user_attrs  # not counted
+    assert sum(t.state == TS.COMPLETE for t in study.trials) == 3  # the budget, all the same
+    run = MlflowClient(cluster.tracking).get_run(killed[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    assert "no heartbeat" in run.data.tags.get("archselect.fail_reason", "")
