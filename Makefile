@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup run test lint ui dashboard clean bench
+.PHONY: setup run test lint ui dashboard clean bench cluster cluster-down
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "archselect needs Python 3.11+"'
@@ -67,6 +67,14 @@ ui: setup
 
 dashboard: setup
 	$(BIN)/optuna-dashboard sqlite:///runs/optuna.db --host 127.0.0.1 --port 8080
+
+# A throwaway PostgreSQL (study storage) and MLflow server (tracking, artifacts proxied) in
+# runs/cluster, for studies across worker commands; it prints the two URLs (README: Scaling out).
+cluster: setup
+	$(BIN)/archselect-cluster up --dir runs/cluster
+
+cluster-down:
+	$(BIN)/archselect-cluster down --dir runs/cluster
 
 # The quick benchmarks (1-5, about 12 minutes on 2 cores); then benchmarks/RESULTS.md is regenerated.
 # Quality per budget is long: .venv/bin/python benchmarks/quality.py --budgets 5,15

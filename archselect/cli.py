@@ -39,9 +39,14 @@ def _job() -> tuple[int, list[str]] | None:
         parsed = OverridesParser.create().parse_overrides(
             [a for a in sys.argv[1:] if not a.startswith("-")])
         swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
-    except Exception:  # not our command line (e.g. under another launcher)
+    except Exception:  # not our command line (e.g. a job of a cluster launcher)
         swept = set()
-    return int(hc.job.num), [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
+    # search.worker=range(N): N commands on one study each, not N studies
+    studies = swept - {"search.worker"}
+    if not studies and "search.worker" in swept:
+        return int(hc.job.num), ["search.worker"]
+    return int(hc.job.num), [o for o in hc.overrides.task
+                             if o.split("=", 1)[0].lstrip("+~") in studies]
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
@@ -64,8 +69,10 @@ def _main(cfg: DictConfig) -> None:
     from archselect.run import run
 
     job = _job()
-    # A multirun job's study is named after the overrides that make it differ.
-    suffix = "" if job is None else f"[{','.join(job[1]) if job[1] else f'job{job[0]}'}]"
+    # A multirun job's study is named after the overrides that make it differ (a sweep of
+    # search.worker alone: the jobs are workers of one study).
+    suffix = ("" if job is None or job[1] == ["search.worker"]
+              else f"[{','.join(job[1]) if job[1] else f'job{job[0]}'}]")
     output = str(cfg.get("output", "text"))
     try:
         # quiet / json: the report goes nowhere; the final line or the summary is printed below

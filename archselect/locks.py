@@ -38,14 +38,17 @@ def held(path: Path, *, wait: bool = True) -> Iterator[bool]:
 
 
 @contextmanager
-def study_lock(storage: str, name: str, local: Path, *, wait: bool) -> Iterator[bool]:
+def study_lock(storage: str, name: str, local: Path | None, *, wait: bool) -> Iterator[bool]:
     """A lock named ``name`` among the commands on one study storage (e.g. the one that may finish
     a study); yields True while held. With ``wait=False`` it yields False at once when another
     process holds it. On a PostgreSQL or MySQL storage the database server holds it (a session
     lock: a killed process loses it), so commands on other machines take turns too; on a local
-    storage the file ``local`` does."""
+    storage the file ``local`` does (None: nothing, where the caller holds a local lock already)."""
     dialect = storage.split(":", 1)[0].split("+", 1)[0]
     if dialect not in ("postgresql", "mysql"):
+        if local is None:
+            yield True
+            return
         with held(local, wait=wait) as mine:
             yield mine
         return

@@ -288,8 +288,7 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
     check_storage(search.storage)
     runs_dir.mkdir(parents=True, exist_ok=True)
     key = study_key(study_name, search.storage)
-    with held(runs_dir), study_lock(search.storage, f"start {study_name}",
-                                    runs_dir / "locks" / f"{key}.start.lock", wait=True):
+    with held(runs_dir), study_lock(search.storage, f"start {study_name}", None, wait=True):
         tracker = Tracker.open(conf.tracking)
         study = open_study(search, study_name, selection, spec, tracker=tracker)
         parent = tracker.start_study(study_name, {

@@ -129,7 +129,7 @@ def test_three_commands_share_one_postgresql_study_and_one_mlflow_server(
     assert len(trials) == 6
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
     versions = client.search_model_versions("name = 'three'")
-    assert [v.version for v in versions] == ["1"]
+    assert [int(v.version) for v in versions] == [1]
     assert client.get_model_version_by_alias("three", "champion").version == "1"
     # The artifacts went through the server into its own folder: no shared disk needed.
     assert any((Path(cluster.folder) / "artifacts").rglob("MLmodel"))
@@ -189,3 +189,33 @@ def test_a_worker_on_another_machine_killed_mid_trial_is_failed_by_its_heartbeat
     run = MlflowClient(cluster.tracking).get_run(killed[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED"
     assert "no heartbeat" in run.data.tags.get("archselect.fail_reason", "")
+
+
+@pytest.mark.study
+def test_a_submitit_local_sweep_of_search_worker_runs_one_study_worker_per_job(
+        tmp_path: Path) -> None:
+    # What hydra/launcher=submitit_slurm does on a cluster, on this machine: three jobs, each a
+    # worker of the one study (search.worker=range(3) names no study of its own).
+    journal = tmp_path / "study.journal"
+    env = {**os.environ, "COLUMNS": "160", "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "archselect", "-m", "hydra/launcher=submitit_local",
+         "hydra.launcher.timeout_min=10", *IRIS, "selector.candidates=[perceptron,mlp]",
+         "search.max_epochs=3", "search.n_trials=6", "search.study_name=sweep",
+         f"search.storage=journal:///{journal}", "search.worker=range(3)", "output=quiet",
+         f"runs_dir={tmp_path / 'runs'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logs = sorted((tmp_path / "runs" / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 3  # one job per worker
+    assert all("Job completed successfully" in p.read_text() for p in logs)
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="sweep", storage=optuna.storages.JournalStorage(
+        JournalFileBackend(str(journal))))
+    assert sum(t.state in (TS.COMPLETE, TS.PRUNED) for t in study.trials) == 6
+    assert len({t.number for t in study.trials}) == len(study.trials)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    versions = client.search_model_versions("name = 'archselect-tabular_classification'")
+    assert [int(v.version) for v in versions] == [1]  # one job finished the study

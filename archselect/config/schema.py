@@ -40,6 +40,7 @@ class SearchConfig:
     max_failures: int | None = MISSING
     n_workers: int | None = MISSING
     threads: int | None = MISSING
+    worker: int = MISSING
     heartbeat_interval: int | None = MISSING
     grace_period: int = MISSING
     max_epochs: int = MISSING

@@ -60,6 +60,7 @@ def check_numbers(cfg: ArchselectConfig) -> None:
         ("search.patience", s.patience, 0),
         ("search.n_workers", 1 if s.n_workers is None else s.n_workers, 1),
         ("search.threads", 1 if s.threads is None else s.threads, 1),
+        ("search.worker", s.worker, 0),
         ("search.max_failures", 1 if s.max_failures is None else s.max_failures, 1),
         ("search.heartbeat_interval", 1 if s.heartbeat_interval is None else s.heartbeat_interval,
          1),

@@ -59,6 +59,9 @@ def _instantiate(node: dict[str, Any], key: str, base: type) -> Any:
 
 #: how far apart the sampler seeds of a study's resumes lie (a prime, past any worker count)
 RESUME_SEED_STRIDE = 1_000_003
+#: how far apart the sampler seeds of commands on one study lie (``search.worker``: a prime past
+#: any count of worker processes one command starts)
+COMMAND_SEED_STRIDE = 1_009
 
 
 def sampler_and_pruner(search: SearchConfig, worker: int = 0, resumed_at: int = 0
@@ -67,8 +70,10 @@ def sampler_and_pruner(search: SearchConfig, worker: int = 0, resumed_at: int = 
     ``seed + i``, so parallel workers do not propose the same trials; a study resumed when it
     holds ``resumed_at`` trials adds ``resumed_at * RESUME_SEED_STRIDE``, so the resume continues
     the sequence instead of proposing the first trials' parameters again (a study from scratch
-    is seeded as before: the same seed gives the same study)."""
+    is seeded as before: the same seed gives the same study). Command ``search.worker=w`` of
+    several on one study adds ``w * COMMAND_SEED_STRIDE``."""
     node = dict(search.sampler)
+    worker += search.worker * COMMAND_SEED_STRIDE
     if node.get("seed") is not None and (worker or resumed_at):
         node["seed"] = (int(node["seed"]) + worker + resumed_at * RESUME_SEED_STRIDE) % 2**32
     sampler = _instantiate(node, "search.sampler", optuna.samplers.BaseSampler)
