@@ -94,3 +94,16 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def device_count(devices: Any) -> int:
+    """How many devices (processes) ``trainer.devices`` asks for per trial: an int, a list of
+    indices, or "auto"/-1 (counted as one: the trial's own device)."""
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, (list, tuple)) or (hasattr(devices, "__len__")
+                                               and not isinstance(devices, str)):
+        return len(devices)
+    if isinstance(devices, str) and devices.strip().isdigit():
+        return int(devices)
+    return 1

@@ -26,7 +26,12 @@ from archselect.config.errors import ArchselectError, ConfigError, ContinuousTar
 from archselect.config.schema import ArchselectConfig
 from archselect.config.validate import typed, validate
 from archselect.data.base import BaseDataModule, DataSpec, open_datamodule
-from archselect.hardware import HardwareProfile, package_versions, profile_hardware
+from archselect.hardware import (
+    HardwareProfile,
+    device_count,
+    package_versions,
+    profile_hardware,
+)
 from archselect.locks import held, study_lock
 from archselect.logs import library_log, log_path
 from archselect.search.trials import StudyOutcome
@@ -178,7 +183,8 @@ def prepare(conf: ArchselectConfig, console: Console) -> Prepared:
     selection = select(task, conf.selector, conf.arch, conf.search.max_epochs, spec, hw, notes,
                        refit=conf.search.refit, n_workers=conf.search.n_workers,
                        threads=conf.search.threads, n_trials=conf.search.n_trials,
-                       deterministic=conf.trainer.deterministic)
+                       deterministic=conf.trainer.deterministic,
+                       devices=device_count(conf.trainer.devices))
     return Prepared(family_cls, dm, spec, hw, selection)
 
 

@@ -288,15 +288,23 @@ def validation_rules(rules: RulesConfig, spec: DataSpec, refit: bool | None
 
 def parallelism(rule: ParallelRule | None, spec: DataSpec, hw: HardwareProfile,
                 n_workers: int | None, threads: int | None, n_trials: int,
-                deterministic: bool = False) -> tuple[int, int, str]:
+                deterministic: bool = False, devices: int = 1) -> tuple[int, int, str]:
     """Worker processes, torch threads each, and why: ``search.n_workers`` / ``search.threads``
     where given, else ``selector.rules.parallel`` from the data, the models' size and the
-    machine."""
+    machine; ``trainer.devices`` > 1 (DDP: one trial on several processes) runs one trial at a
+    time."""
     cores = max(1, hw.cpu_cores)
     small = False
     if n_workers is not None:
         workers = n_workers
         why = f"search.n_workers={n_workers}"
+    elif devices > 1:
+        workers = 1
+        on = "GPUs" if hw.has_gpu else "CPU processes"
+        why = (f"trainer.devices={devices}: each trial on {devices} {on} (DDP, "
+               f"{'NCCL' if hw.has_gpu else 'gloo'}; its epochs reach the pruner when it ends)")
+        if threads is None and not hw.has_gpu:
+            return workers, max(1, cores // devices), why
     elif hw.has_gpu and len(hw.gpus) > 1:
         workers = min(len(hw.gpus), n_trials)
         why = f"{len(hw.gpus)} GPUs: one trial per GPU"
@@ -328,6 +336,7 @@ def parallelism(rule: ParallelRule | None, spec: DataSpec, hw: HardwareProfile,
 def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], max_epochs: int,
            spec: DataSpec, hw: HardwareProfile, notes: list[str] | None = None, *,
            refit: bool | None = False, n_workers: int | None = 1, threads: int | None = None,
+           devices: int = 1,
            n_trials: int = 1, deterministic: bool = False) -> Selection:
     """Choose the candidates for this task, data and machine, with a reason for each decision.
 
@@ -477,7 +486,7 @@ def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], ma
         notes.append(f"CPU only ({hw.cpu_cores} cores), precision {hw.precision}")
     folds, do_refit, more = validation_rules(rules, spec, refit)
     workers, share, parallel = parallelism(rules.parallel, spec, hw, n_workers, threads, n_trials,
-                                           deterministic)
+                                           deterministic, devices)
     return Selection(task=task, candidates=candidates, dropped=dropped, notes=[*notes, *more],
                      folds=folds, refit=do_refit, imbalanced=bool(imbalanced), workers=workers,
                      threads=share, parallel=parallel)

@@ -502,6 +502,14 @@ class EpochLogger(pl.Callback):
         self.pending: list[tuple[int, int, dict[str, float]]] = []
         self.written = time.monotonic()
 
+    def replay(self, epoch: int, stage: str, metrics: dict[str, float]) -> None:
+        """An epoch of a trial that ran on several processes (DDP), after its fit ended."""
+        self.pending.append((self.step_offset + epoch, int(time.time() * 1000), metrics))
+
+    def replayed(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        """A DDP fit's epochs were all replayed: written with the latency, as at a fit's end."""
+        self.on_fit_end(trainer, module)
+
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
         values: Any = trainer.callback_metrics
         own: Any = getattr(pl_module, "epoch_values", None)

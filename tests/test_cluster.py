@@ -29,10 +29,11 @@ import mlflow
 import optuna
 import pandas as pd
 import pytest
-from helpers import STEADY_TRIALS
+from helpers import STEADY_TRIALS, compose_cfg
 from mlflow import MlflowClient
 
 from archselect.cluster import Cluster, ClusterError, down, up
+from archselect.run import run
 
 IRIS = ["task=tabular_classification", "data=iris", "search.n_workers=1",
         "trainer.progress_bar=false", "selector.rules.cross_validation.max_samples=0",
@@ -219,3 +220,28 @@ def test_a_submitit_local_sweep_of_search_worker_runs_one_study_worker_per_job(
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     versions = client.search_model_versions("name = 'archselect-tabular_classification'")
     assert [int(v.version) for v in versions] == [1]  # one job finished the study
+
+
+@pytest.mark.study
+def test_one_trial_on_two_processes_with_ddp_and_gloo(tmp_path: Path,
+                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    # trainer.devices=2 on CPU: each trial (and the refit) is one Lightning DDP fit on two
+    # processes forked from the command (not a second start of the command).
+    result = run(compose_cfg(["task=tabular_classification", "data=iris", "search.n_trials=2",
+                              "search.enqueue_baselines=false",
+                              "trainer.devices=2", "search.n_workers=null", "search.max_epochs=4",
+                              "search.patience=10",
+                              "selector.references=false", "search.refit=true"], tmp_path))
+    assert "each trial on 2 CPU processes (DDP, gloo" in result.selection.parallel
+    out, err = capfd.readouterr()  # what the spawned processes said
+    assert "MEMBER: 2/2" in out + err and "distributed_backend=gloo" in out + err
+    study = optuna.load_study(study_name=result.study_name,
+                              storage=f"sqlite:///{tmp_path}/optuna.db")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    for t in study.trials:
+        assert t.state == TS.COMPLETE and t.user_attrs["epochs"] == 4
+        # rank 0's epochs, carried back: reported to the pruner and logged by this process
+        assert sorted(t.intermediate_values) == [0, 1, 2, 3]
+        steps = client.get_metric_history(t.user_attrs["mlflow_run_id"], "val_f1")
+        assert [m.step for m in steps] == [0, 1, 2, 3]
+    assert result.model_version == 1 and result.test_metrics["accuracy"] > 0

@@ -82,6 +82,15 @@ def check_numbers(cfg: ArchselectConfig) -> None:
     if interval is not None and not (interval > 0 and math.isfinite(interval)):
         raise ConfigError("tracking.system_metrics_interval", "must be a positive number of "
                           "seconds, or null to turn system metrics off", given=interval)
+    devices = cfg.trainer.devices
+    if not (devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool)
+                                  and devices >= 1)
+            or ((OmegaConf.is_list(devices) or isinstance(devices, list)) and len(devices) > 0
+                and all(isinstance(d, int) and d >= 0 for d in devices))):
+        raise ConfigError("trainer.devices", "must be a number of devices per trial (1, or more "
+                          "for one trial on several processes with DDP), a list of GPU indices, "
+                          "or auto", given=devices,
+                          fix="trainer.devices=1 (several trials side by side: search.n_workers)")
     if not (cfg.export.onnx_tolerance > 0 and math.isfinite(cfg.export.onnx_tolerance)):
         raise ConfigError("export.onnx_tolerance", "must be a positive number",
                           given=cfg.export.onnx_tolerance, fix="e.g. 1e-4")

@@ -18,10 +18,12 @@ from typing import Any
 import lightning.pytorch as pl
 import optuna
 import torch
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
 from archselect.config.schema import SearchConfig, TrainerConfig
 from archselect.data.base import BaseDataModule, DataSpec, View
-from archselect.hardware import HardwareProfile
+from archselect.hardware import HardwareProfile, device_count
 from archselect.selector import Candidate
 
 
@@ -83,6 +85,72 @@ class Configuration:
                           spec=spec.to_dict(), max_epochs=self.max_epochs, data=dict(self.data))
 
 
+class _Launcher(_MultiProcessingLauncher):
+    """Lightning's process launcher, carrying rank 0's callback states and trained epochs back."""
+
+    def get_extra_results(self, trainer: pl.Trainer) -> dict[str, Any]:
+        extra = super().get_extra_results(trainer)
+        extra["archselect"] = [c.rank_zero_state() if hasattr(c, "rank_zero_state") else None
+                               for c in trainer.callbacks]  # type: ignore[attr-defined]
+        extra["archselect_epoch"] = trainer.current_epoch
+        return extra
+
+    def update_main_process_results(self, trainer: pl.Trainer, extra: dict[str, Any]) -> None:
+        super().update_main_process_results(trainer, extra)
+        for callback, state in zip(trainer.callbacks,  # type: ignore[attr-defined]
+                                   extra.get("archselect", []), strict=False):
+            if hasattr(callback, "restore_rank_zero") and state is not None:
+                callback.restore_rank_zero(state)
+        # the epochs trained (trials and refits count them)
+        trainer.fit_loop.epoch_progress.current.completed = extra["archselect_epoch"]
+
+
+class SpawnedDDP(DDPStrategy):
+    """One trial on several processes: Lightning's DDP, its processes started by
+    ``torch.multiprocessing`` (spawned: a fresh interpreter each, handed the trainer, the module
+    and the data; not a second start of the command, which would run a study of its own), gloo on
+    CPUs and NCCL on GPUs. A callback with ``rank_zero_state()`` gets rank 0's state back in
+    ``restore_rank_zero(state)`` when the fit ends; the trained epochs come back too."""
+
+    def __init__(self, accelerator: str) -> None:
+        super().__init__(process_group_backend="gloo" if accelerator == "cpu" else "nccl",
+                         start_method="spawn")
+
+    def _configure_launcher(self) -> None:
+        self._launcher = _Launcher(self, start_method="spawn")
+
+
+class EpochRecorder(pl.Callback):
+    """Under DDP, in the trial's processes: rank 0's values of each epoch (validation values
+    after validation; training means and the learning rate at the end of the training epoch),
+    carried back to the command's process, which hands them to the callbacks that write to the
+    stores (``replay``): the MLflow epoch logger and the pruner's reports."""
+
+    def __init__(self) -> None:
+        self.epochs: list[tuple[int, str, dict[str, float]]] = []
+
+    def rank_zero_state(self) -> Any:
+        return self.epochs
+
+    def restore_rank_zero(self, state: Any) -> None:
+        self.epochs = list(state)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.epochs.append((int(trainer.current_epoch), "val", {
+                k: float(v) for k, v in trainer.callback_metrics.items()
+                if k.startswith("val_") and v.numel() == 1}))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        own: Any = getattr(pl_module, "epoch_values", None)
+        values = own("train") if own is not None else trainer.callback_metrics
+        metrics = {k: float(v) for k, v in values.items()
+                   if k.startswith("train") and v.numel() == 1}
+        if trainer.optimizers:
+            metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        self.epochs.append((int(trainer.current_epoch), "train", metrics))
+
+
 class BestEpoch(pl.Callback):
     """Keeps the weights of the best epoch (``path``, weights only) and every validation metric
     there: what a trial's value, its tie-breaks and a refit's epoch count come from.
@@ -124,14 +192,31 @@ class BestEpoch(pl.Callback):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(self.path, weights_only=True)
 
+    def rank_zero_state(self) -> Any:
+        return self.value, self.epoch, self.metrics
+
+    def restore_rank_zero(self, state: Any) -> None:
+        self.value, self.epoch, self.metrics = state
+
 
 class FoldPruning(pl.Callback):
     """Reports ``monitor`` to the Optuna trial after each validation, at step ``offset + epoch``
     (fold ``f`` of a cross-validated trial reports from ``f * max_epochs``, so the pruner compares
-    the same fold and epoch across trials), and prunes when the pruner says so."""
+    the same fold and epoch across trials), and prunes when the pruner says so.
+
+    A trial on several processes (DDP) is not pruned mid-way: its processes do not write to the
+    study; its values are reported when the fit ends (``replay``)."""
 
     def __init__(self, trial: optuna.Trial, monitor: str, offset: int = 0) -> None:
         self.trial, self.monitor, self.offset = trial, monitor, offset
+
+    def replay(self, epoch: int, stage: str, metrics: dict[str, float]) -> None:
+        """An epoch of a DDP fit, after it ended."""
+        if stage == "val" and self.monitor in metrics:
+            self.trial.report(metrics[self.monitor], step=self.offset + epoch)
+
+    def replayed(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        """A DDP fit's epochs were all replayed."""
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -200,21 +285,32 @@ def fit(config: Configuration, *, dm: BaseDataModule, view: View | None,
         own = [EarlyStopping(monitor=settings.monitor, mode=settings.mode,
                              patience=settings.patience), best]
     dm.view = view
+    n_devices = device_count(settings.devices)
+    given = list(callbacks or [])
+    replayed: list[Any] = []
+    recorder = None
+    if n_devices > 1:
+        # DDP: what writes to the stores stays here and is handed rank 0's epochs after the
+        # fit; no progress bar (the processes would draw one each).
+        replayed = [c for c in given if hasattr(c, "replay")]
+        recorder = EpochRecorder()
+        given = [c for c in given if not hasattr(c, "replay")
+                 and not isinstance(c, pl.callbacks.ProgressBar)] + [recorder]
     try:
         n_batches = max(len(dm.train_dataloader()), 1)
         trainer = pl.Trainer(
             max_epochs=epochs or config.max_epochs, accelerator=hw.accelerator,
             max_time=None if max_time is None else timedelta(seconds=max(max_time, 1.0)),
             devices=settings.devices,
+            strategy=SpawnedDDP(hw.accelerator) if n_devices > 1 else "auto",
             precision=hw.precision,  # type: ignore[arg-type]
             deterministic=settings.deterministic,
             # a module that steps its own optimisers (a GAN) clips nothing by the trainer
             gradient_clip_val=(settings.gradient_clip_val if module.automatic_optimization
                                else None),
             accumulate_grad_batches=accumulate if module.automatic_optimization else 1,
-            callbacks=[*own, *(callbacks or [])], logger=False, enable_model_summary=False,
-            enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar)
-                                    for c in callbacks or []),
+            callbacks=[*own, *given], logger=False, enable_model_summary=False,
+            enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar) for c in given),
             enable_checkpointing=False, num_sanity_val_steps=0,
             limit_val_batches=1.0 if validate else 0,
             log_every_n_steps=min(50, n_batches),
@@ -233,6 +329,12 @@ def fit(config: Configuration, *, dm: BaseDataModule, view: View | None,
                 raise KeyboardInterrupt from None
     finally:
         dm.view = None
+    if recorder is not None:
+        for epoch in recorder.epochs:
+            for callback in replayed:
+                callback.replay(*epoch)
+        for callback in replayed:
+            callback.replayed(trainer, module)
     if trainer.interrupted:
         raise KeyboardInterrupt
     path: Path | None
