@@ -8,8 +8,10 @@ what the trial trained.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -86,7 +88,20 @@ class Configuration:
 
 
 class _Launcher(_MultiProcessingLauncher):
-    """Lightning's process launcher, carrying rank 0's callback states and trained epochs back."""
+    """Lightning's process launcher, carrying rank 0's callback states and trained epochs back;
+    the processes' library messages go to the study's log file, as the command's do."""
+
+    log_file: str | None = None
+
+    def _wrapping_function(self, *args: Any, **kwargs: Any) -> None:
+        from archselect.logs import library_log
+
+        with ExitStack() as stack, warnings.catch_warnings():
+            if self.log_file:
+                stack.enter_context(library_log(Path(self.log_file)))
+            warnings.filterwarnings("ignore", ".*isinstance.*LeafSpec.*")
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            super()._wrapping_function(*args, **kwargs)
 
     def get_extra_results(self, trainer: pl.Trainer) -> dict[str, Any]:
         extra = super().get_extra_results(trainer)
@@ -117,7 +132,11 @@ class SpawnedDDP(DDPStrategy):
                          start_method="spawn")
 
     def _configure_launcher(self) -> None:
-        self._launcher = _Launcher(self, start_method="spawn")
+        launcher = _Launcher(self, start_method="spawn")
+        # the study's log file, where this process's library messages go (archselect.logs)
+        launcher.log_file = next((h.baseFilename for h in logging.getLogger(
+            "lightning.pytorch").handlers if isinstance(h, logging.FileHandler)), None)
+        self._launcher = launcher
 
 
 class EpochRecorder(pl.Callback):
