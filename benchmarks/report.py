@@ -184,6 +184,15 @@ def workers(d: dict[str, Any]) -> str:
             f"per hour after / before: {gains}.\n\n" + module.table(d["rows"]))
 
 
+def scaleout(d: dict[str, Any]) -> str:
+    import scaleout as module
+
+    return (f"K commands at once on one PostgreSQL study and one MLflow server "
+            f"(`archselect-cluster`), {d['row']}, {d['minutes']:g} minutes of search per arm, "
+            "one trial at a time and one torch thread per command, each with its own runs "
+            "folder.\n\n" + module.table(d["rows"]))
+
+
 SECTIONS = [
     ("overhead", "1. Training overhead", overhead, QUICK),
     ("startup", "2. Start-up", startup, QUICK),
@@ -197,6 +206,8 @@ SECTIONS = [
     ("candidates", "8. Each candidate alone", candidates,
      "python benchmarks/candidates.py --trials 2 --timeout 120"),
     ("workers", "9. Trials side by side", workers, "python benchmarks/workers.py"),
+    ("scaleout", "10. Commands on one PostgreSQL study", scaleout,
+     "python benchmarks/scaleout.py"),
 ]
 
 

@@ -8,8 +8,8 @@ Each arm starts a fresh cluster, then K commands at once on the tabular row's bu
 (breast_cancer), one trial at a time and one torch thread each (``search.n_workers=1
 search.threads=1``), with more trials than fit in ``search.timeout``; the trials are read from the
 study (finished trials over the span from the first start to the last end). On this 2-core
-machine a third command shares the cores with the other two, so the third arm shows the cost of
-oversubscription, not of the storage. Writes benchmarks/results/scaleout.json.
+machine a third command shares the cores with the other two: it gains from the time the others
+spend waiting on the two servers between trials. Writes benchmarks/results/scaleout.json.
 """
 
 from __future__ import annotations
