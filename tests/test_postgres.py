@@ -79,3 +79,15 @@ def test_two_workers_share_a_postgresql_study(tmp_path: Path, postgres: str) -> 
     assert len(numbers) == len(set(numbers))
     assert len({t.user_attrs["worker"] for t in done}) == 2  # two processes ran trials
     assert result.model_version == 1
+
+
+def test_a_psycopg2_url_opens_the_same_study_storage(postgres: str) -> None:
+    # postgresql:// is psycopg 3; postgresql+psycopg2:// (as other tools write it) works too.
+    from archselect.search.storage import check_storage, make_storage
+
+    legacy = postgres.replace("postgresql://", "postgresql+psycopg2://")
+    assert check_storage(legacy) == legacy
+    storage = make_storage(legacy, heartbeat_interval=None, grace_period=60)
+    optuna.create_study(study_name="drivers", storage=storage).enqueue_trial({"x": 1})
+    again = optuna.load_study(study_name="drivers", storage=postgres)
+    assert len(again.trials) == 1
