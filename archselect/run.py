@@ -340,8 +340,11 @@ def _study(cfg: Any, conf: ArchselectConfig, prep: Prepared, result: RunResult, 
                 workers.stop(procs)
         # Other commands on the study (here or on other machines) may still run trials: the
         # study is finished with all of them.
+        heartbeats = search.heartbeat_interval is not None and not search.storage.startswith(
+            "journal:")
         others = 0 if outcome.interrupted else wait_for_running(
-            study, tracker, lambda line: console.print(line, soft_wrap=True))
+            study, tracker, lambda line: console.print(line, soft_wrap=True),
+            heartbeats=heartbeats)
         if procs or others:  # other workers' last trials ended after this one's loop
             outcome.records = records(study)
         result.outcome = outcome

@@ -157,17 +157,21 @@ def reap_dead_trials(study: optuna.Study, tracker: Tracker | None) -> list[int]:
 
 
 def wait_for_running(study: optuna.Study, tracker: Tracker | None,
-                     say: Callable[[str], None], poll: float = 1.0) -> int:
+                     say: Callable[[str], None], *, heartbeats: bool, poll: float = 1.0) -> int:
     """Wait until no trial of the study runs (trials of other commands on the study, on this
     machine or others), failing those whose worker died meanwhile (by process here, by heartbeat
-    on an RDB), so that the study is finished with every trial it holds. Returns how many trials
+    on an RDB), so that the study is finished with every trial it holds. Without heartbeats a
+    trial of another machine cannot be judged and is not waited for. Returns how many trials
     were waited for."""
     waited: set[int] = set()
+    here = socket.gethostname()
     while True:
         reap_dead_trials(study, tracker)
         with suppress(Exception):  # storages without heartbeats have nothing to fail
             optuna.storages.fail_stale_trials(study)
-        running = study.get_trials(deepcopy=False, states=(TS.RUNNING,))
+        running = [t for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,))
+                   if heartbeats or str(t.user_attrs.get("worker", "")).rpartition(":")[0]
+                   in ("", here)]
         if not running:
             return len(waited)
         if not waited:
