@@ -33,7 +33,7 @@ import pytest
 from helpers import STEADY_TRIALS, compose_cfg
 from mlflow import MlflowClient
 
-from archselect.cluster import Cluster, ClusterError, down, up
+from archselect.cluster import Cluster, down
 from archselect.run import run
 
 IRIS = ["task=tabular_classification", "data=iris", "search.n_workers=1",
@@ -48,20 +48,39 @@ def _missing(message: str) -> None:
     pytest.skip(message)
 
 
+CLUSTER = [sys.executable, "-m", "archselect.cluster"]
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    """``archselect-cluster up`` in a folder of its own, ``down`` after the module's tests."""
+    """``archselect-cluster up`` (the command) in a folder of its own; ``down`` after the
+    module's tests, and then ``status`` says none runs."""
     if os.geteuid() != 0 or shutil.which("runuser") is None:
         _missing("starting PostgreSQL here needs root and runuser (initdb runs as postgres)")
     folder = Path(tempfile.mkdtemp(prefix="archselect-cluster-"))
+    started = subprocess.run([*CLUSTER, "up", "--dir", str(folder), "--json"],
+                             capture_output=True, text=True, timeout=180)
     try:
-        try:
-            started = up(folder)
-        except ClusterError as exc:
-            _missing(str(exc))
-        yield started
+        if started.returncode == 2 and "PostgreSQL is not installed" in started.stderr:
+            _missing(started.stderr.strip())
+        assert started.returncode == 0, started.stderr
+        urls = json.loads(started.stdout)
+        assert urls["storage"].startswith("postgresql://postgres@127.0.0.1:")
+        assert urls["tracking"].startswith("http://127.0.0.1:")
+        status = subprocess.run([*CLUSTER, "status", "--dir", str(folder)],
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and f"tracking.uri={urls['tracking']}" in status.stdout
+        held = Cluster.load(folder)
+        assert held is not None and held.storage == urls["storage"]
+        yield held
     finally:
-        down(folder, purge=True)
+        stopped = subprocess.run([*CLUSTER, "down", "--dir", str(folder)], capture_output=True,
+                                 text=True, timeout=120)
+        gone = subprocess.run([*CLUSTER, "status", "--dir", str(folder)], capture_output=True,
+                              text=True, timeout=60)
+        down(folder, purge=True)  # the folder (and anything a failed stop left)
+    assert stopped.stdout.strip() == "stopped"
+    assert gone.returncode == 1 and "no cluster is running" in gone.stdout
 
 
 def _command(args: list[str], cwd: Path, *, prefix: list[str] | None = None
@@ -75,35 +94,11 @@ def _command(args: list[str], cwd: Path, *, prefix: list[str] | None = None
                             start_new_session=True)
 
 
-def test_the_cluster_command_starts_says_and_stops(tmp_path: Path) -> None:
-    if os.geteuid() != 0 or shutil.which("runuser") is None:
-        _missing("starting PostgreSQL here needs root and runuser (initdb runs as postgres)")
-    cli = [sys.executable, "-m", "archselect.cluster"]
-    folder = tmp_path / "cluster"
-    started = subprocess.run([*cli, "up", "--dir", str(folder), "--json"], capture_output=True,
-                             text=True, timeout=180)
-    try:
-        assert started.returncode == 0, started.stderr
-        urls = json.loads(started.stdout)
-        assert urls["storage"].startswith("postgresql://postgres@127.0.0.1:")
-        assert urls["tracking"].startswith("http://127.0.0.1:")
-        status = subprocess.run([*cli, "status", "--dir", str(folder)], capture_output=True,
-                                text=True, timeout=60)
-        assert status.returncode == 0 and f"tracking.uri={urls['tracking']}" in status.stdout
-    finally:
-        stopped = subprocess.run([*cli, "down", "--dir", str(folder)], capture_output=True,
-                                 text=True, timeout=120)
-    assert stopped.stdout.strip() == "stopped"
-    gone = subprocess.run([*cli, "status", "--dir", str(folder)], capture_output=True, text=True,
-                          timeout=60)
-    assert gone.returncode == 1 and "no cluster is running" in gone.stdout
-
-
 @pytest.mark.study
 def test_three_commands_share_one_postgresql_study_and_one_mlflow_server(
         cluster: Cluster, tmp_path: Path) -> None:
-    args = [*IRIS, *STEADY_TRIALS, "search.max_epochs=80", "search.patience=80",
-            "search.n_trials=6", "search.study_name=three", f"search.storage={cluster.storage}",
+    args = [*IRIS, *STEADY_TRIALS, "search.max_epochs=60", "search.patience=60",
+            "search.n_trials=5", "search.study_name=three", f"search.storage={cluster.storage}",
             f"tracking.uri={cluster.tracking}", "tracking.experiment=three",
             "tracking.model_name=three"]
     procs = [_command(args, tmp_path / f"machine{i}") for i in range(3)]
@@ -116,7 +111,7 @@ def test_three_commands_share_one_postgresql_study_and_one_mlflow_server(
     assert sum("is being finished by another process" in out for out, _ in outs) == 2
 
     study = optuna.load_study(study_name="three", storage=cluster.storage)
-    assert sum(t.state == TS.COMPLETE for t in study.trials) == 6  # exactly the budget
+    assert sum(t.state == TS.COMPLETE for t in study.trials) == 5  # exactly the budget
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
     workers = {t.user_attrs["worker"] for t in study.trials}
@@ -128,7 +123,7 @@ def test_three_commands_share_one_postgresql_study_and_one_mlflow_server(
     parents = client.search_runs([exp.experiment_id], "tags.`archselect.role` = 'study'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     trials = client.search_runs([exp.experiment_id], "tags.`archselect.role` = 'trial'")
-    assert len(trials) == 6
+    assert len(trials) == 5
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
     versions = client.search_model_versions("name = 'three'")
     assert [int(v.version) for v in versions] == [1]
@@ -155,10 +150,10 @@ def test_a_worker_on_another_machine_killed_mid_trial_is_failed_by_its_heartbeat
                                          capture_output=True).returncode != 0:
         # a container may forbid new namespaces even to root: nothing to fix in the project
         pytest.skip("a second hostname needs unshare --uts (root, namespaces allowed)")
-    args = [*IRIS, *STEADY_TRIALS, "search.n_trials=3", "search.study_name=killed",
+    args = [*IRIS, *STEADY_TRIALS, "search.n_trials=2", "search.study_name=killed",
             f"search.storage={cluster.storage}", f"tracking.uri={cluster.tracking}",
             "tracking.experiment=killed", "tracking.model_name=killed",
-            "search.heartbeat_interval=1", "search.grace_period=4"]
+            "search.heartbeat_interval=1", "search.grace_period=3"]
     # The other machine: its own hostname, so that no process-id check can see it died.
     other = _command(args, tmp_path / "other", prefix=[
         unshare, "--uts", "sh", "-c", 'hostname other-machine && exec "$@"', "sh"])
@@ -188,7 +183,7 @@ def test_a_worker_on_another_machine_killed_mid_trial_is_failed_by_its_heartbeat
     killed = [t for t in study.trials if t.user_attrs.get("worker", "").startswith("other-machine")
               and t.state == TS.FAIL]
     assert len(killed) == 1 and "fail_reason" not in killed[0].user_attrs  # not counted
-    assert sum(t.state == TS.COMPLETE for t in study.trials) == 3  # the budget, all the same
+    assert sum(t.state == TS.COMPLETE for t in study.trials) == 2  # the budget, all the same
     run = MlflowClient(cluster.tracking).get_run(killed[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED"
     assert "no heartbeat" in run.data.tags.get("archselect.fail_reason", "")
@@ -229,7 +224,7 @@ def test_one_trial_on_two_processes_with_ddp_and_gloo(tmp_path: Path,
                                                       capfd: pytest.CaptureFixture[str]) -> None:
     # trainer.devices=2 on CPU: each trial (and the refit) is one Lightning DDP fit on two
     # processes forked from the command (not a second start of the command).
-    result = run(compose_cfg(["task=tabular_classification", "data=iris", "search.n_trials=2",
+    result = run(compose_cfg(["task=tabular_classification", "data=iris", "search.n_trials=1",
                               "search.enqueue_baselines=false",
                               "trainer.devices=2", "search.n_workers=null", "search.max_epochs=4",
                               "search.patience=10",
