@@ -99,11 +99,8 @@ def package_versions() -> dict[str, str]:
 def device_count(devices: Any) -> int:
     """How many devices (processes) ``trainer.devices`` asks for per trial: an int, a list of
     indices, or "auto"/-1 (counted as one: the trial's own device)."""
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    if isinstance(devices, (list, tuple)) or (hasattr(devices, "__len__")
-                                               and not isinstance(devices, str)):
+    if isinstance(devices, str):
+        return int(devices) if devices.strip().isdigit() else 1
+    if hasattr(devices, "__len__"):  # a list of GPU indices (a ListConfig too)
         return len(devices)
-    if isinstance(devices, str) and devices.strip().isdigit():
-        return int(devices)
-    return 1
+    return devices if isinstance(devices, int) and devices > 0 else 1

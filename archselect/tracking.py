@@ -485,6 +485,20 @@ def measure_latency(module: pl.LightningModule, inputs: dict[str, Any], repeats:
         module.train(was_training)
 
 
+def epoch_metrics(trainer: pl.Trainer, pl_module: pl.LightningModule,
+                  prefix: str) -> dict[str, float]:
+    """This epoch's ``val`` values (after validation) or ``train`` values and learning rate (at
+    the end of the training epoch), as the epoch logger writes them."""
+    values: Any = trainer.callback_metrics
+    own: Any = getattr(pl_module, "epoch_values", None)
+    if prefix == "train" and own is not None:
+        values = own("train")  # means over the epoch, not logged to Lightning
+    metrics = {k: float(v) for k, v in values.items() if k.startswith(prefix) and v.numel() == 1}
+    if prefix == "train" and trainer.optimizers:
+        metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+    return metrics
+
+
 class EpochLogger(pl.Callback):
     """Logs each epoch's val metrics (after validation) and train metrics and learning rate
     (at the end of the training epoch) to a trial's child run, with the epoch as step.
@@ -511,16 +525,8 @@ class EpochLogger(pl.Callback):
         self.on_fit_end(trainer, module)
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
-        values: Any = trainer.callback_metrics
-        own: Any = getattr(pl_module, "epoch_values", None)
-        if prefix == "train" and own is not None:
-            values = own("train")  # means over the epoch, not logged to Lightning
-        metrics = {k: float(v) for k, v in values.items()
-                   if k.startswith(prefix) and v.numel() == 1}
-        if prefix == "train" and trainer.optimizers:
-            metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
         self.pending.append((self.step_offset + trainer.current_epoch, int(time.time() * 1000),
-                             metrics))
+                             epoch_metrics(trainer, pl_module, prefix)))
         if time.monotonic() - self.written >= self.every:
             self.flush()
 

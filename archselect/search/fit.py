@@ -27,6 +27,7 @@ from archselect.config.schema import SearchConfig, TrainerConfig
 from archselect.data.base import BaseDataModule, DataSpec, View
 from archselect.hardware import HardwareProfile, device_count
 from archselect.selector import Candidate
+from archselect.tracking import epoch_metrics
 
 
 @dataclass(frozen=True)
@@ -156,18 +157,12 @@ class EpochRecorder(pl.Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self.epochs.append((int(trainer.current_epoch), "val", {
-                k: float(v) for k, v in trainer.callback_metrics.items()
-                if k.startswith("val_") and v.numel() == 1}))
+            self.epochs.append((int(trainer.current_epoch), "val",
+                                epoch_metrics(trainer, pl_module, "val")))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        own: Any = getattr(pl_module, "epoch_values", None)
-        values = own("train") if own is not None else trainer.callback_metrics
-        metrics = {k: float(v) for k, v in values.items()
-                   if k.startswith("train") and v.numel() == 1}
-        if trainer.optimizers:
-            metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
-        self.epochs.append((int(trainer.current_epoch), "train", metrics))
+        self.epochs.append((int(trainer.current_epoch), "train",
+                            epoch_metrics(trainer, pl_module, "train")))
 
 
 class BestEpoch(pl.Callback):
