@@ -46,6 +46,8 @@ ANSWERS: list[tuple[str, list[str], int]] = [
     ("unknown task", ["task=bogus"], 2),
     ("misspelt key", ["task=tabular_classification", "serch.n_trials=3"], 2),
     ("bad value", ["task=tabular_classification", "search.n_trials=many"], 2),
+    ("missing file", ["task=tabular_classification", "data=csv", "data.path=nope.csv"], 2),
+    ("misspelt candidate", ["task=image_classification", "selector.candidates=[resnt]"], 2),
 ]
 
 # Runs in the child: the archselect command, stopped at its first training batch.

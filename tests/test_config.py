@@ -118,8 +118,38 @@ def test_export_switch_is_typed() -> None:
     assert msg is not None and msg.startswith("export.onnx:")
 
 
-def test_valid_overrides_pass_precheck() -> None:
-    assert precheck(["search.n_trials=3", "data=csv", "data.path=a.csv"]) is None
+def test_valid_overrides_pass_precheck(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("text,label\nfine,1\n")
+    assert precheck(["search.n_trials=3", "data=csv", f"data.path={tmp_path / 'a.csv'}"]) is None
+    # a candidate of another row of the same data kind: the selector decides (a rule may switch)
+    assert precheck(["task=tabular_classification", "selector.candidates=[mlp,tabm]"]) is None
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["data=csv", "data.path=nope.csv"], "data.path: file not found; given 'nope.csv'"),
+    (["task=image_classification", "data=image_folder", "data.path=no/photos"],
+     "data.path: folder not found; given 'no/photos'"),
+    (["task=image_classification", "selector.candidates=[resnt]"],
+     "selector.candidates: unknown architecture 'resnt' for image_classification"),
+    (["output=jsn"], "output: unknown output mode; given 'jsn'"),
+    (["seed=-1"], "seed: must lie in 0.."),
+])
+def test_mistakes_are_answered_before_torch_lightning_or_mlflow_load(
+        tmp_path: Path, overrides: list[str], expected: str) -> None:
+    # A fresh interpreter: this one has torch loaded already.
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys\nfrom archselect.config.compose import precheck\n"
+            f"line = precheck({overrides!r})\n"
+            "print(json.dumps([line, [m for m in ('torch', 'lightning', 'mlflow') "
+            "if m in sys.modules]]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, check=True)
+    line, heavy = json.loads(done.stdout)
+    assert line is not None and line.startswith(expected), line
+    assert heavy == []
 
 
 def test_unknown_data_key_fails_with_full_key(make_cfg) -> None:

@@ -95,7 +95,11 @@ def test_unknown_key_of_the_default_task_still_hints() -> None:
     ("tracking.experiment=déjà", "tracking.experiment"),
     ("data.path=l'été.csv", "data.path"),
 ])
-def test_non_ascii_override_says_to_quote_the_value(override: str, key: str) -> None:
+def test_non_ascii_override_says_to_quote_the_value(override: str, key: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the files exist: the quoted form then passes every check
+    for name in ("x.csv", "café.csv", "l'été.csv"):
+        (tmp_path / name).write_text("text,label\nfine,1\n")
     msg = precheck(["data=csv", override])
     assert msg is not None and "\n" not in msg
     assert msg.startswith(f"{key}: cannot parse the override (a character outside ASCII must be "

@@ -196,7 +196,7 @@ def precheck(argv: list[str]) -> str | None:
     """
     import os
 
-    from archselect.config.validate import check_row, check_runs_dir
+    from archselect.config.validate import check_before_imports, check_row, check_runs_dir
 
     overrides = user_overrides(argv)
     if overrides is None:
@@ -205,6 +205,7 @@ def precheck(argv: list[str]) -> str | None:
         cfg = compose_config(overrides)
         check_runs_dir(str(cfg.runs_dir))  # before Hydra creates it
         check_row(str(cfg.task.name), cfg.selector.table)
+        check_before_imports(cfg)
     except ConfigError as exc:
         return str(exc)
     except Exception as exc:

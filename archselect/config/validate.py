@@ -176,6 +176,49 @@ def writable_folder(path: Path) -> bool:
     return probe.is_dir() and os.access(probe, os.W_OK)
 
 
+#: what a data source's loader calls a ``data.path`` that does not exist, and how to fix it
+MISSING_PATH = {
+    "file": ("file not found", "check the path (relative to the current folder)"),
+    "image_folder": ("folder not found", "give a folder with one sub-folder of images per class"),
+}
+
+
+def check_data_path(data: dict[str, Any]) -> None:
+    """A ``data.path`` that does not exist, said as its loader would say it, before anything is
+    imported to read it."""
+    known = MISSING_PATH.get(str(data.get("source")))
+    raw = data.get("path")
+    if known is None or raw in (None, "", "???") or Path(str(raw)).expanduser().exists():
+        return
+    raise ConfigError("data.path", known[0], given=str(raw), fix=known[1])
+
+
+def check_candidate_names(cfg: ArchselectConfig) -> None:
+    """``selector.candidates`` names that no row of the task's data kind has (a misspelt name);
+    the selector checks the rest once the data is read (a rule may switch the row)."""
+    asked, table = cfg.selector.candidates, cfg.selector.table
+    row = table.get(cfg.task.name)
+    if not asked or row is None:
+        return
+    kin = {str(a) for r in table.values() if r.data_kind == row.data_kind for a in r.candidates}
+    for a in (str(a) for a in asked):
+        if a not in kin:
+            raise ConfigError("selector.candidates", f"unknown architecture {a!r} for "
+                              f"{cfg.task.name}", given=a, allowed=list(row.candidates))
+
+
+def check_before_imports(cfg: Any) -> None:
+    """The checks that need neither the data nor torch, Lightning or MLflow, made before those
+    load, so that such a mistake is answered in about a second: numbers, seed, output mode, a
+    missing data path, a misspelt candidate."""
+    conf = typed(cfg)
+    check_numbers(conf)
+    check_seed(conf)
+    check_output(conf)
+    check_data_path(conf.data)
+    check_candidate_names(conf)
+
+
 def validate(cfg: ArchselectConfig) -> None:
     """Every check of the sections other than ``data`` that writes nothing."""
     check_runs_dir(cfg.runs_dir)
