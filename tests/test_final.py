@@ -15,7 +15,6 @@ import pytest
 import torch
 from helpers import ONE_WORKER, compose_cfg, config_datamodule
 
-from archselect.config.errors import ConfigError
 from archselect.ensemble import combine, greedy_selection
 from archselect.references import fit_reference
 from archselect.run import run
@@ -201,11 +200,32 @@ def test_a_better_reference_is_registered_when_asked(tmp_path: Path) -> None:
     assert out.filter(like="proba_").sum(axis=1).round(3).eq(1.0).all()
 
 
-def test_registering_a_forecasting_reference_is_refused(make_cfg) -> None:
-    with pytest.raises(ConfigError, match=r"^selector.register_references: is not available for "
-                       r"forecasting yet"):
-        run(make_cfg("task=time_series_forecasting", "data=airline",
-                     "selector.register_references=true"))
+def test_a_better_forecasting_reference_is_registered_and_forecasts_from_the_history_given(
+        tmp_path: Path) -> None:
+    # One epoch of one slow linear trial: exponential smoothing wins on validation. Served, it
+    # is fitted on the history the user gives and forecasts from its end.
+    from archselect.references import ETSForecaster
+
+    cfg = compose_cfg(["task=time_series_forecasting", "data=airline",
+                       "selector.candidates=[linear]", "search.n_trials=1",
+                       "search.max_epochs=1", "arch.linear.model.variant=plain",
+                       "arch.linear.optim.lr=0.001", "selector.register_references=true"],
+                      tmp_path)
+    result = run(cfg)
+    assert result.final_model.startswith("reference: ETS")
+    assert result.test_metrics == result.reference_metrics
+    dm = config_datamodule(cfg, tmp_path / "cache")
+    spec = dm.prepare()
+    origin = int(dm.origins["test"][0])  # type: ignore[attr-defined]
+    history = dm.history(0, origin)  # type: ignore[attr-defined]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    out = mlflow.pyfunc.load_model(str(result.model_uri)).predict(history)
+    assert list(out.columns) == ["step", "Date", "forecast"] and len(out) == spec.horizon
+    assert str(out["Date"].iloc[0]) > str(history["Date"].iloc[-1])
+    values = dm.values[:origin, 0]  # type: ignore[attr-defined]
+    fits = [ETSForecaster((t, s), spec.horizon, spec.season_length).forecast(values)
+            for t in (None, "add") for s in (None, "add")]
+    assert any(np.allclose(out["forecast"], f, rtol=1e-5) for f in fits)
 
 
 # -- imbalanced classes -----------------------------------------------------------------------

@@ -69,12 +69,12 @@ def postgres() -> Iterator[str]:
 
 @pytest.mark.study
 def test_two_workers_share_a_postgresql_study(tmp_path: Path, postgres: str) -> None:
-    result = run(compose_cfg([*IRIS, *STEADY_TRIALS, "search.n_trials=6", "search.n_workers=2",
+    result = run(compose_cfg([*IRIS, *STEADY_TRIALS, "search.n_trials=4", "search.n_workers=2",
                               "search.study_name=pg", f"search.storage={postgres}"], tmp_path))
     study = optuna.load_study(study_name="pg", storage=postgres)
     done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
                                                    optuna.trial.TrialState.PRUNED)]
-    assert len(done) == 6  # exactly the budget, over both workers
+    assert len(done) == 4  # exactly the budget, over both workers
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
     assert len({t.user_attrs["worker"] for t in done}) == 2  # two processes ran trials

@@ -274,7 +274,7 @@ def test_two_workers_share_a_journal_study_and_a_password_is_never_shown(
     journal = tmp_path / "study.journal"
     with _tracking_server(tmp_path) as port:
         uri = f"http://alice:{secret}@127.0.0.1:{port}"
-        result = run(compose_cfg([*IRIS, *STEADY_TRIALS, "search.n_trials=8", "search.n_workers=2",
+        result = run(compose_cfg([*IRIS, *STEADY_TRIALS, "search.n_trials=4", "search.n_workers=2",
                                   "search.study_name=w",
                                   f"search.storage=journal:///{journal}", f"tracking.uri={uri}"],
                                  tmp_path))
@@ -284,7 +284,7 @@ def test_two_workers_share_a_journal_study_and_a_password_is_never_shown(
         study = optuna.load_study(study_name="w",
                                   storage=JournalStorage(JournalFileBackend(str(journal))))
         counted = _counted(study)
-        assert len(counted) == 8  # exactly the budget, over both workers
+        assert len(counted) == 4  # exactly the budget, over both workers
         numbers = [t.number for t in study.trials]
         assert len(numbers) == len(set(numbers))
         assert not [t for t in study.trials if t.state in (TS.RUNNING, TS.WAITING)]

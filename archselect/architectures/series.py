@@ -114,17 +114,26 @@ class LinearForecaster(nn.Module):
     ``nlinear``: the window's last value is subtracted from every step and added back to the
     forecast (robust to a level shift between training and test spans). ``dlinear``: the window
     is split into a trend (a moving average of ``kernel_size`` steps) and the remainder, each
-    with its own linear map, summed.
+    with its own linear map, summed. ``seasonal``: the seasonal-naive forecast read from the
+    window (the target's last ``season`` steps, repeated) plus ``nlinear``'s map as a correction,
+    which starts at zero: the model starts as repeating the last season and learns only what
+    beats it (with a season of one step, or a window shorter than the season, it is ``nlinear``).
     """
 
     def __init__(self, steps: int, channels: int, n_out: int, variant: str,
-                 kernel_size: int) -> None:
+                 kernel_size: int, season: int = 1) -> None:
         super().__init__()
         self.variant = variant
         self.kernel_size = kernel_size
-        self.level = variant == "nlinear" and n_out > 0
         self.linear = nn.Linear(steps * channels, n_out)
         self.trend = nn.Linear(steps * channels, n_out) if variant == "dlinear" else None
+        m = season if 1 < season <= steps else 1
+        #: the window steps the seasonal-naive forecast repeats, one per forecast step
+        self.register_buffer("season_steps", steps - m + torch.arange(n_out) % m,
+                             persistent=False)
+        if variant == "seasonal":
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.trend is not None:
@@ -134,9 +143,11 @@ class LinearForecaster(nn.Module):
                                 x[:, -1:].expand(-1, k // 2, -1)], dim=1)
             trend = nn.functional.avg_pool1d(padded.transpose(1, 2), k, stride=1).transpose(1, 2)
             return self.linear((x - trend).flatten(1)) + self.trend(trend.flatten(1))
-        if self.variant == "nlinear":
+        if self.variant in ("nlinear", "seasonal"):
             last = x[:, -1:, :]
-            return self.linear((x - last).flatten(1)) + last[:, 0, :1]
+            steps: torch.Tensor = self.season_steps  # type: ignore[assignment]
+            base = x[:, steps, 0] if self.variant == "seasonal" else last[:, 0, :1]
+            return self.linear((x - last).flatten(1)) + base
         return self.linear(x.flatten(1))
 
 
@@ -180,15 +191,16 @@ class NBeats(nn.Module):
 @architectures.register("linear", input="series")
 def linear(spec: DataSpec, *, variant: str, kernel_size: int) -> nn.Module:
     """DLinear / NLinear: a linear map over the window (after a trend split, or the last value
-    subtracted), one output per forecast step."""
+    subtracted; or a correction of the seasonal-naive forecast), one output per forecast step."""
     steps, channels = _shape(spec, "arch.linear")
-    variants = ("nlinear", "dlinear", "plain")
+    variants = ("seasonal", "nlinear", "dlinear", "plain")
     if variant not in variants:
         raise ConfigError("arch.linear.model.variant", "unknown variant", given=variant,
                           allowed=variants)
     if kernel_size < 1:
         raise ConfigError("arch.linear.model.kernel_size", "must be at least 1", given=kernel_size)
-    return LinearForecaster(steps, channels, outputs(spec), variant, min(kernel_size, steps))
+    return LinearForecaster(steps, channels, outputs(spec), variant, min(kernel_size, steps),
+                            season=int(spec.season_length or 1))
 
 
 @architectures.register("nbeats", input="series")

@@ -449,7 +449,9 @@ class ForecastCodec(Codec):
             values = values.reindex(grid)
         return values, values.index[-1]
 
-    def encode(self, frame: pd.DataFrame) -> tuple[list[Batch], Any]:
+    def read_history(self, frame: pd.DataFrame) -> tuple[np.ndarray, Any]:
+        """The whole history as numbers [rows, columns] (filled as in training), and the time
+        of its last row (None without a time column)."""
         history, last = self._history(frame)
         if history.isna().to_numpy().any():
             if self.fill_missing == "none":
@@ -461,7 +463,11 @@ class ForecastCodec(Codec):
         if len(history) < self.lookback:
             raise ValueError(f"the history has {len(history)} rows; the model reads the last "
                              f"{self.lookback}")
-        values = history.to_numpy(dtype=np.float64)[-self.lookback:]
+        return history.to_numpy(dtype=np.float64), last
+
+    def encode(self, frame: pd.DataFrame) -> tuple[list[Batch], Any]:
+        history, last = self.read_history(frame)
+        values = history[-self.lookback:]
         mean, std = np.asarray(self.mean), np.asarray(self.std)
         level = values[-1] if self.normalise == "window" else mean
         x = torch.as_tensor((values - level) / std, dtype=torch.float32)[None]
@@ -470,7 +476,11 @@ class ForecastCodec(Codec):
     def decode(self, outputs: torch.Tensor, keys: Any, params: dict[str, Any] | None
                ) -> pd.DataFrame:
         level, last = keys
-        forecast = outputs.reshape(-1).numpy() * self.std[0] + level
+        return self.forecast_frame(outputs.reshape(-1).numpy() * self.std[0] + level, last)
+
+    def forecast_frame(self, forecast: np.ndarray, last: Any) -> pd.DataFrame:
+        """The answer: ``forecast`` (the target's units) by step, with the future times when
+        the history had its time column (``last``: the time of its last row)."""
         out: dict[str, Any] = {"step": np.arange(1, len(forecast) + 1)}
         if last is not None and self.step is not None and self.time_column is not None:
             out[self.time_column] = next_times(last, self.step, len(forecast))
