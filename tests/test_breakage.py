@@ -265,6 +265,36 @@ def test_a_broken_tracking_store_is_one_line_before_any_trial(tmp_path: Path, ma
     assert not (tmp_path / "optuna.db").exists()
 
 
+def test_a_new_tracking_store_starts_from_one_empty_database_migrated_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    from archselect.tracking import Tracker, _template_path
+
+    def rows(db: Path, sql: str) -> list[Any]:
+        with closing(sqlite3.connect(db)) as c:
+            return c.execute(sql).fetchall()
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = _template_path()
+    assert not template.exists()
+    Tracker(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}", "one", str(tmp_path / "a" / "art"))
+    assert template.is_file()  # migrated once, kept without any experiment
+    assert rows(template, "SELECT count(*) FROM experiments") == [(0,)]
+    second = Tracker(f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}", "two",
+                     str(tmp_path / "b" / "art"))
+    version = "SELECT version_num FROM alembic_version"
+    assert rows(tmp_path / "b" / "mlflow.db", version) == rows(template, version)
+    found = {e.name: e.artifact_location for e in second.client.search_experiments()}
+    assert found["two"] == (tmp_path / "b" / "art").as_uri() and set(found) == {"Default", "two"}
+    # it takes runs, metrics and registered models as a store MLflow migrated itself does
+    run_id = second.client.create_run(second.experiment_id).info.run_id
+    second.client.log_metric(run_id, "x", 1.0)
+    second.client.create_registered_model("m")
+    assert second.client.get_run(run_id).data.metrics == {"x": 1.0}
+
+
 @pytest.mark.study
 def test_a_copied_runs_folder_does_not_write_into_the_original(tmp_path: Path) -> None:
     run(compose_cfg([*IRIS, "search.n_trials=1"], tmp_path / "a"))
