@@ -465,13 +465,13 @@ def _start_from_template(database: Path) -> None:
     import sqlite3
 
     template = _template_path()
+    made = template.with_name(f".{template.name}.{os.getpid()}.partial")
     partial = database.with_name(f".{database.name}.{os.getpid()}.partial")
     try:
         if not template.is_file():
             from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
             template.parent.mkdir(parents=True, exist_ok=True)
-            made = template.with_name(f".{template.name}.{os.getpid()}.partial")
             made.unlink(missing_ok=True)
             store = SqlAlchemyStore(f"sqlite:///{made}", str(template.parent / "artifacts"))
             store.engine.dispose()
@@ -487,7 +487,9 @@ def _start_from_template(database: Path) -> None:
     except Exception:  # MLflow makes it, as without a template
         pass
     finally:
-        partial.unlink(missing_ok=True)
+        for leftover in (made, partial):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
 
 
 def store_error(exc: BaseException, uri: str) -> ConfigError:
