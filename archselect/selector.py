@@ -355,10 +355,6 @@ def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], ma
     Raises:
         ConfigError: for an unknown candidate, a bad range or model.
     """
-    if selector.register_references and not selector.references:
-        raise ConfigError("selector.register_references", "needs the references fitted",
-                          given=True, fix="set selector.references=true, or "
-                          "selector.register_references=false")
     names: list[str] = list(task.candidates)
     notes = list(notes or [])
     dropped: dict[str, str] = {}

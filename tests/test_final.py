@@ -200,6 +200,25 @@ def test_a_better_reference_is_registered_when_asked(tmp_path: Path) -> None:
     assert out.filter(like="proba_").sum(axis=1).round(3).eq(1.0).all()
 
 
+def test_the_text_row_registers_its_reference_when_it_wins_and_serves_raw_texts(
+        tmp_path: Path) -> None:
+    # The text row's default: the validation winner is registered. One short fastText trial
+    # loses to TF-IDF + logistic regression; served, the reference reads the raw texts.
+    cfg = compose_cfg(["selector.candidates=[fasttext]", "search.n_trials=1",
+                       "search.max_epochs=1", "arch.fasttext.optim.lr=0.01",
+                       "selector.register_references=true"], tmp_path)
+    result = run(cfg)
+    assert result.final_model.startswith("reference: TF-IDF")
+    assert result.test_metrics == result.reference_metrics
+    test = config_datamodule(cfg, tmp_path / "cache").raw_rows("test")  # type: ignore[attr-defined]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    out = mlflow.pyfunc.load_model(str(result.model_uri)).predict(test)
+    assert list(out.columns[:2]) == ["label", "probability"] and len(out) == len(test)
+    target = str(cfg.data.target)
+    accuracy = float((out["label"].astype(str) == test[target].astype(str)).mean())
+    assert accuracy == pytest.approx(result.test_metrics["accuracy"], abs=1e-6)
+
+
 def test_a_better_forecasting_reference_is_registered_and_forecasts_from_the_history_given(
         tmp_path: Path) -> None:
     # One epoch of one slow linear trial: exponential smoothing wins on validation. Served, it
