@@ -123,7 +123,11 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
     done.model_name = (f"trial {best.number} ({best.arch})" if len(members) == 1 else
                        "ensemble of " + " + ".join(f"trial {m.record.number} ({m.record.arch}, "
                                                    f"{m.weight:.2f})" for m in members))
-    if selection.refit:
+    # The reference is registered when it beats the chosen trials on validation: they are then
+    # tested as searched (beside it, for the comparison), not trained again.
+    serve_reference = (reference is not None and register_references
+                       and _better(reference.val_value, val_value, task.direction))
+    if selection.refit and not serve_reference:
         for m in members:
             m.checkpoint, m.refitted = _refit(m.record, selection, dm, hw, family_cls, settings,
                                               console)
@@ -164,8 +168,10 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
     metric_direction = family_cls.test_direction or task.direction
     served_reference = None
     if reference is not None:
-        done.comparison = _compare(done.test_metrics, reference, metric, metric_direction)
-        if register_references and _better(reference.val_value, val_value, task.direction):
+        done.comparison = _compare(done.test_metrics, reference, metric, metric_direction,
+                                   who=(f"the networks' best, {done.model_name},"
+                                        if serve_reference else "the final model"))
+        if serve_reference:
             served_reference = reference
             console.print(f"Registered: the reference {reference.name} ({task.monitor} "
                           f"{reference.val_value:.4f} on validation) beats {done.model_name} "
@@ -344,8 +350,10 @@ def _better(a: float, b: float, direction: str) -> bool:
     return a > b if direction == "maximize" else a < b
 
 
-def _compare(test: dict[str, float], reference: Reference, metric: str, direction: str) -> str:
-    """How the final model compares with the reference on the test split, in one phrase."""
+def _compare(test: dict[str, float], reference: Reference, metric: str, direction: str,
+             who: str = "the final model") -> str:
+    """How ``who`` (the final model, or the networks' best where the reference is registered)
+    compares with the reference on the test split, in one phrase."""
     mine, theirs = test.get(metric), reference.test_metrics.get(metric)
     if mine is None or theirs is None:
         return ""
@@ -353,7 +361,7 @@ def _compare(test: dict[str, float], reference: Reference, metric: str, directio
     verb = ("beats" if _better(mine, theirs, direction) else
             "ties with" if gap < 1e-9 else "trails")
     by = "" if verb == "ties with" else f" by {gap:.4f}"
-    return (f"the final model {verb} the reference ({reference.name}){by} on test {metric} "
+    return (f"{who} {verb} the reference ({reference.name}){by} on test {metric} "
             f"({mine:.4f} vs {theirs:.4f})")
 
 
