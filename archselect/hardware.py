@@ -27,6 +27,8 @@ class HardwareProfile:
     gpus: list[dict[str, Any]] = field(default_factory=list)
     accelerator: str = "cpu"
     precision: str = "32-true"
+    #: torch threads per process the environment allows (``OMP_NUM_THREADS``), None: no cap
+    thread_cap: int | None = None
 
     @property
     def has_gpu(self) -> bool:
@@ -80,7 +82,16 @@ def profile_hardware(accelerator: str, precision: str) -> HardwareProfile:
         gpus=gpus,
         accelerator="gpu" if use_gpu else "cpu",
         precision=precision,
+        thread_cap=env_thread_cap(),
     )
+
+
+def env_thread_cap() -> int | None:
+    """``OMP_NUM_THREADS`` where the environment sets it to a whole number of at least 1 (a
+    shared machine, a job scheduler or a test suite running one process per core): the most
+    torch threads a trial takes unless ``search.threads`` says otherwise."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) >= 1 else None
 
 
 def package_versions() -> dict[str, str]:

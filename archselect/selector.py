@@ -330,7 +330,10 @@ def parallelism(rule: ParallelRule | None, spec: DataSpec, hw: HardwareProfile,
             why = f"larger models ({spec.kind} data): one trial at a time on every core"
     if threads is not None:
         return workers, threads, f"{why}; search.threads={threads}"
-    return workers, 1 if small else max(1, cores // max(1, workers)), why
+    share = 1 if small else max(1, cores // max(1, workers))
+    if hw.thread_cap is not None and hw.thread_cap < share:
+        return workers, hw.thread_cap, f"{why}; {hw.thread_cap} thread(s): OMP_NUM_THREADS"
+    return workers, share, why
 
 
 def select(task: Task, selector: SelectorConfig, arch: dict[str, ArchConfig], max_epochs: int,

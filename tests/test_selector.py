@@ -105,6 +105,12 @@ def test_small_models_run_one_trial_per_core_on_one_thread_each(make_cfg) -> Non
     # Text (embeddings, an LSTM, a pretrained encoder): one trial at a time on every core.
     text = select_for(make_cfg("search.n_workers=null"), spec(9000), CPU)
     assert (text.workers, text.threads) == (1, 2) and text.parallel.startswith("larger models")
+    # OMP_NUM_THREADS (a scheduler's or a shared machine's cap) bounds the threads a trial takes.
+    capped = select_for(make_cfg("search.n_workers=null"), spec(9000),
+                        HardwareProfile(cpu_cores=2, torch_threads=2, memory_gb=16.0,
+                                        thread_cap=1))
+    assert (capped.workers, capped.threads) == (1, 1)
+    assert capped.parallel.endswith("; 1 thread(s): OMP_NUM_THREADS")
     # What the user sets wins; a one-trial study, little memory or GPUs change the answer.
     assert (lambda s: (s.workers, s.threads))(
         select_for(make_cfg(*auto, "search.n_workers=1"), tab, CPU)) == (1, 2)

@@ -5,6 +5,7 @@ on the task's data kind and the source: ``archselect.data.base.data_options``).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from pathlib import Path
@@ -24,7 +25,11 @@ def typed(cfg: Any) -> ArchselectConfig:
     Raises:
         ConfigError: for a value left unset (``???``) outside ``data``.
     """
-    node = OmegaConf.merge(OmegaConf.structured(ArchselectConfig), cfg)
+    # Hydra composes against the schema already (conf/config.yaml's first default): merging it
+    # in again copies the whole table (about half a second); ``data`` is set aside meanwhile.
+    composed = OmegaConf.get_type(cfg) is ArchselectConfig
+    node = cfg if composed else OmegaConf.merge(OmegaConf.structured(ArchselectConfig), cfg)
+    held = copy.deepcopy(node.data)  # assigning to ``data`` empties its node in place
     data = OmegaConf.to_container(node.data, resolve=True, throw_on_missing=False)
     node.data = {}
     try:
@@ -32,6 +37,9 @@ def typed(cfg: Any) -> ArchselectConfig:
     except MissingMandatoryValue as exc:
         key = str(getattr(exc, "full_key", "") or "config")
         raise ConfigError(key, "not set", fix=f"give {key}=<value>") from None
+    finally:
+        if composed:
+            node.data = held  # the caller's config as it was
     assert isinstance(conf, ArchselectConfig) and isinstance(data, dict)
     conf.data = {str(k): v for k, v in data.items()}
     return conf
