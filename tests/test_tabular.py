@@ -120,6 +120,48 @@ def test_epoch_values_are_means_over_rows_as_lightning_logs_them(tmp_path: Path)
     assert 0.0 < float(module.epoch_values("train")["train_acc"]) <= 1.0
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_blocks_of_batches_take_the_same_optimiser_steps_as_single_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schedule: str) -> None:
+    # A table trains BLOCK batches per Lightning step (manual optimisation): the same steps,
+    # clipping and schedule as one batch per Lightning step. One epoch: the same weights (later
+    # epochs shuffle from another draw of the seeded generator); three: the same schedule.
+    from archselect.hardware import HardwareProfile
+    from archselect.search import fit as fitting
+
+    monkeypatch.setattr(fitting, "BLOCK", 4)
+    settings = fitting.TrialSettings(
+        n_trials=1, patience=3, seed=0, trial_timeout=None, monitor="val_f1", mode="max",
+        devices=1, deterministic=False, gradient_clip_val=0.05, num_workers=0,
+        progress_bar=False, limit_train_batches=None, checkpoints=tmp_path)
+    hw = HardwareProfile(cpu_cores=1, torch_threads=1, memory_gb=1.0)
+    for epochs in (1, 3):
+        config = fitting.Configuration(
+            arch="mlp", model={"hidden_size": 16, "depth": 1, "activation": "relu",
+                               "dropout": 0.2},
+            optim={"lr": 0.01, "weight_decay": 0.01, "schedule": schedule}, data={},
+            option=None, max_epochs=epochs)
+        done = []
+        for blocks in (False, True):
+            dm = datamodule("tabular", table_cfg(mixed_csv(tmp_path), "label"), tmp_path)
+            dm.blocks = blocks
+            done.append(fitting.fit(config, dm=dm, view=None, settings=settings, hw=hw,
+                                    family_cls=ClassificationModule,
+                                    folder=tmp_path / f"{blocks}{epochs}", seed=0, batch_size=8))
+            assert dm.block == 1  # back to plain batches after the fit
+        plain, blocked = done
+        batches = plain.trainer.num_training_batches
+        assert batches > 4 and batches % 4  # several blocks, the last one shorter
+        assert blocked.trainer.num_training_batches == -(-batches // 4)
+        assert plain.trainer.global_step == blocked.trainer.global_step == epochs * batches
+        assert not blocked.module.automatic_optimization
+        lrs = [f.trainer.optimizers[0].param_groups[0]["lr"] for f in done]
+        assert lrs[0] == pytest.approx(lrs[1]) and lrs[0] < 0.01  # the schedule moved alike
+        if epochs == 1:
+            for name, value in plain.module.state_dict().items():
+                assert torch.allclose(value, blocked.module.state_dict()[name], atol=1e-6), name
+
+
 @pytest.mark.study
 def test_tabular_classification_study_and_served_model(make_cfg, tmp_path: Path) -> None:
     result = run(make_cfg("task=tabular_classification", "data=iris", "search.n_trials=3",

@@ -18,6 +18,8 @@ Its defaults live in ``conf/data/<name>.yaml``; nothing else lists it.
 from __future__ import annotations
 
 import io
+import itertools
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,11 @@ class BaseDataModule(pl.LightningDataModule):
     target_kinds: tuple[str, ...] = ("classes",)
     batch_size = 64
     num_workers = 0
+    #: whether the train loader may hand out blocks of batches (``Blocks``): kinds whose batches
+    #: are slices of ready tensors, whose models' steps are tiny next to Lightning's own per step
+    blocks = False
+    #: batches per block while a fit trains in blocks (``fit`` sets it; 1: plain batches)
+    block = 1
 
     def __init__(self, options: Any, source: SourceConfig, *, seed: int, cache_dir: str | Path,
                  target_kind: str = "classes") -> None:
@@ -270,8 +277,9 @@ class BaseDataModule(pl.LightningDataModule):
         return [View(fit=np.sort(a), check=np.sort(b), name=f"fold {i + 1}/{k}")
                 for i, (a, b) in enumerate(splitter.split(index, y))]
 
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self.make_loader(self.rows_of("fit"), train=True, shuffle=True)
+    def train_dataloader(self) -> Any:
+        loader = self.make_loader(self.rows_of("fit"), train=True, shuffle=True)
+        return Blocks(loader, self.block) if self.block > 1 else loader
 
     def val_dataloader(self) -> DataLoader[Any]:
         return self.make_loader(self.rows_of("check"), train=False, shuffle=False)
@@ -535,6 +543,22 @@ def seeded_loader(data: Any, *, batch_size: int, shuffle: bool, seed: int, colla
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle,
                       generator=torch.Generator().manual_seed(seed), collate_fn=collate,
                       num_workers=num_workers)
+
+
+class Blocks:
+    """A loader's batches of one epoch in blocks of ``size`` (a list each; the last may be
+    shorter): what a family that ``trains_blocks`` takes in one training step."""
+
+    def __init__(self, loader: DataLoader[Any], size: int) -> None:
+        self.loader, self.size = loader, size
+
+    def __len__(self) -> int:
+        return -(-len(self.loader) // self.size)
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        batches = iter(self.loader)
+        while block := list(itertools.islice(batches, self.size)):
+            yield block
 
 
 class Stacked(tuple):

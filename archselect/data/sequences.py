@@ -67,6 +67,7 @@ class SequenceDataModule(BaseDataModule):
     the longest); every channel is standardised with training-split statistics.
     """
 
+    blocks = True
     cfg: SequenceDataConfig
 
     def __init__(self, options: SequenceDataConfig, source: SourceConfig, *, seed: int,

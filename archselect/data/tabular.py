@@ -118,6 +118,7 @@ class TabularDataModule(BaseDataModule):
     """
 
     target_kinds = ("classes", "continuous")
+    blocks = True
     cfg: LabelledDataConfig
 
     def __init__(self, options: LabelledDataConfig, source: SourceConfig, *, seed: int,

@@ -339,13 +339,14 @@ class TextDataModule(BaseDataModule):
             dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]], int, int, str]:
         import joblib
 
-        encoder = NgramEncoder.from_option(option).fit(self.texts["train"])
+        encoder = NgramEncoder.from_option(option)
+        fitted = encoder.fit_encode(self.texts["train"])
         path = folder / "ngrams.joblib"
         joblib.dump(encoder, path)
         ids: dict[str, list[torch.Tensor]] = {}
         weights: dict[str, list[torch.Tensor]] = {}
         for s in SPLITS:
-            rows = encoder.encode(self.texts[s])
+            rows = fitted if s == "train" else encoder.encode(self.texts[s])
             ids[s] = [torch.as_tensor(i) for i, _ in rows]
             weights[s] = [torch.as_tensor(w) for _, w in rows]
         return ids, weights, encoder.vocab_size, encoder.max_ids, str(path)
@@ -573,21 +574,26 @@ class NgramEncoder:
         return cls(buckets=buckets, min_n=min_n, max_n=max_n, word_ngrams=word_ngrams)
 
     def fit(self, texts: list[str]) -> NgramEncoder:
+        self.fit_encode(texts)
+        return self
+
+    def fit_encode(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Fit on ``texts`` and encode them (as ``encode`` would), counting them once."""
         from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer
 
         self.words = CountVectorizer(ngram_range=(1, self.word_ngrams), min_df=2,
                                      max_features=self.max_words,
                                      token_pattern=r"(?u)\b\w+\b")
         try:
-            self.words.fit(texts)
+            words = self.words.fit_transform(texts)
         except ValueError:  # no word seen twice: character n-grams only
-            self.words = None
+            self.words, words = None, None
         self.chars = HashingVectorizer(analyzer="char_wb", ngram_range=(self.min_n, self.max_n),
                                        n_features=self.buckets, alternate_sign=False, norm=None)
-        counts = self._counts(texts)
+        counts = self._stacked(len(texts), words, self.chars.transform(texts))
         df = np.bincount(counts.indices, minlength=self.vocab_size)
         self.idf = (np.log((1.0 + len(texts)) / (1.0 + df)) + 1.0).astype(np.float32)
-        return self
+        return self._rows(counts)
 
     @property
     def n_words(self) -> int:
@@ -597,23 +603,27 @@ class NgramEncoder:
     def vocab_size(self) -> int:
         return 2 + self.n_words + self.buckets
 
-    def _counts(self, texts: list[str]) -> Any:
-        """Counts of every id in every text: a sparse [texts, vocab_size] matrix (CSR)."""
+    def _stacked(self, n: int, words: Any, chars: Any) -> Any:
+        """Counts of every id in every text: a sparse [texts, vocab_size] matrix (CSR): the two
+        reserved ids, the words', the characters'."""
         import scipy.sparse as sp
 
-        parts = [sp.csr_matrix((len(texts), 2), dtype=np.float64)]
-        if self.words is not None:
-            parts.append(self.words.transform(texts))
-        parts.append(self.chars.transform(texts))
+        parts = [sp.csr_matrix((n, 2), dtype=np.float64)]
+        if words is not None:
+            parts.append(words)
+        parts.append(chars)
         out = sp.hstack(parts, format="csr")
         out.sort_indices()
         return out
 
     def encode(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each text's distinct ids (int64) and their weights (float32)."""
-        counts = self._counts(texts)
+        words = None if self.words is None else self.words.transform(texts)
+        return self._rows(self._stacked(len(texts), words, self.chars.transform(texts)))
+
+    def _rows(self, counts: Any) -> list[tuple[np.ndarray, np.ndarray]]:
         out = []
-        for i in range(len(texts)):
+        for i in range(counts.shape[0]):
             lo, hi = counts.indptr[i], counts.indptr[i + 1]
             ids = counts.indices[lo:hi].astype(np.int64)
             if not len(ids):

@@ -29,6 +29,10 @@ from archselect.hardware import HardwareProfile, device_count
 from archselect.selector import Candidate
 from archselect.tracking import epoch_metrics
 
+#: batches per Lightning training step where the data and the family take blocks (tables,
+#: series: ``BaseDataModule.blocks``, ``FamilyModule.trains_blocks``)
+BLOCK = 32
+
 
 @dataclass(frozen=True)
 class TrialSettings:
@@ -312,6 +316,13 @@ def fit(config: Configuration, *, dm: BaseDataModule, view: View | None,
                  and not isinstance(c, pl.callbacks.ProgressBar)] + [recorder]
     try:
         n_batches = max(len(dm.train_dataloader()), 1)
+        if (dm.blocks and getattr(module, "trains_blocks", False) and accumulate == 1
+                and n_devices == 1 and n_batches > 1):
+            # a table's or a series' batches, BLOCK at a time per Lightning step
+            blocked: Any = module
+            blocked.train_in_blocks(n_batches, settings.gradient_clip_val)
+            dm.block = BLOCK
+            n_batches = len(dm.train_dataloader())
         trainer = pl.Trainer(
             max_epochs=epochs or config.max_epochs, accelerator=hw.accelerator,
             max_time=None if max_time is None else timedelta(seconds=max(max_time, 1.0)),
@@ -343,6 +354,7 @@ def fit(config: Configuration, *, dm: BaseDataModule, view: View | None,
                 raise KeyboardInterrupt from None
     finally:
         dm.view = None
+        dm.block = 1
     if recorder is not None:
         for epoch in recorder.epochs:
             for callback in replayed:

@@ -56,6 +56,10 @@ class FamilyModule(pl.LightningModule):
         self.epoch_metrics: dict[str, Any] = {}
         self._sums: dict[str, dict[str, tuple[Any, int]]] = {"train": {}, "val": {}}
         self._values: dict[str, dict[str, torch.Tensor]] = {}
+        #: while training in blocks (``train_in_blocks``): batches per epoch, the clipping norm
+        #: and the schedule's interval
+        self._blocks: tuple[int, float | None] | None = None
+        self._interval = "epoch"
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         return self.model(**inputs)
@@ -126,15 +130,54 @@ class FamilyModule(pl.LightningModule):
                                     weight_decay=float(settings["weight_decay"]))
         if settings.get("schedule", "cosine") == "onecycle":
             # Warm-up to lr over the first 30% of the steps, then annealing (Smith 2018).
-            steps = max(int(self.trainer.estimated_stepping_batches), 1)
+            steps = (int(self.trainer.max_epochs or 1) * self._blocks[0] if self._blocks
+                     else int(self.trainer.estimated_stepping_batches))
             cycle = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=float(settings["lr"]), total_steps=steps,
+                opt, max_lr=float(settings["lr"]), total_steps=max(steps, 1),
                 pct_start=0.3)
+            self._interval = "step"
             return {"optimizer": opt, "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             opt, T_max=max(int(self.hparams["max_epochs"]), 1)
         )
+        self._interval = "epoch"
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    # -- blocks: several optimiser steps in one Lightning step ---------------------------------
+    #: whether the family's ``training_step`` hands a block (a list of batches) to
+    #: ``train_block``
+    trains_blocks = False
+
+    def train_in_blocks(self, batches_per_epoch: int, clip: float | None) -> None:
+        """Train on blocks of batches (``data.base.Blocks``): one optimiser step per batch, as
+        Lightning would take them, while Lightning's per-step machinery (hooks, callbacks,
+        progress, the closure) runs once per block. For tables and short series a batch's
+        arithmetic takes less time than that machinery; the steps, their order and their
+        results are the same."""
+        self.automatic_optimization = False
+        self._blocks = (batches_per_epoch, clip)
+
+    def train_block(self, block: list[dict[str, Any]]) -> None:
+        """The optimiser steps of one block: the family's ``training_step`` per batch, then
+        backward, clipping (``trainer.gradient_clip_val``), the step and a per-step schedule."""
+        assert self._blocks is not None
+        clip = self._blocks[1]
+        opt: Any = self.optimizers()
+        scheduler: Any = self.lr_schedulers() if self._interval == "step" else None
+        for i, batch in enumerate(block):
+            loss: Any = self.training_step(batch, i)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            if clip:
+                self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+            opt.step()
+            if scheduler is not None:
+                scheduler.step()
+
+    def on_train_epoch_end(self) -> None:
+        if self._blocks is not None and self._interval == "epoch":
+            scheduler: Any = self.lr_schedulers()
+            scheduler.step()  # what Lightning does for an automatically optimised module
 
     # -- what the finish step asks of a family ------------------------------------------------
     @staticmethod

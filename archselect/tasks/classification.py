@@ -31,6 +31,7 @@ class ClassificationModule(FamilyModule):
 
     test_metric = "macro_f1"
     test_direction = "maximize"
+    trains_blocks = True
 
     def __init__(self, arch: str, arch_kwargs: dict[str, Any], optim: dict[str, Any],
                  spec: dict[str, Any], max_epochs: int,
@@ -47,7 +48,10 @@ class ClassificationModule(FamilyModule):
         self.epoch_metrics = {"train_acc": self.train_acc, "val_acc": self.val_acc,
                               "val_f1": self.val_f1}
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        if isinstance(batch, list):  # a block of batches (FamilyModule.train_block)
+            self.train_block(batch)
+            return None
         logits, y = self.outputs(batch), batch["target"]
         # An architecture may bring its own criterion (the Perceptron does).
         held: torch.Tensor = self.class_weight  # type: ignore[assignment]

@@ -23,6 +23,7 @@ class RegressionModule(FamilyModule):
     target_kind = "continuous"
     test_metric = "rmse"
     test_direction = "minimize"
+    trains_blocks = True
 
     def __init__(self, arch: str, arch_kwargs: dict[str, Any], optim: dict[str, Any],
                  spec: dict[str, Any], max_epochs: int,
@@ -40,7 +41,10 @@ class RegressionModule(FamilyModule):
         # float32 before un-standardising: half precision would round or overflow target units.
         return self(**batch["inputs"]).float().reshape(-1)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        if isinstance(batch, list):  # a block of batches (FamilyModule.train_block)
+            self.train_block(batch)
+            return None
         pred, y = self.outputs(batch), batch["target"]
         # An architecture may bring its own criterion (TabM trains each member on its own).
         own: Any = getattr(self.model, "training_loss", None)
