@@ -14,7 +14,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from archselect.config.compose import precheck
+from archselect.config.compose import checked
 from archselect.config.errors import ArchselectError
 from archselect.secrets import hide_secrets
 
@@ -61,8 +61,8 @@ def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
     sys.exit(code)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def _main(cfg: DictConfig) -> None:
+def _run(cfg: DictConfig) -> None:
+    """One run of the command on a composed config (the job of ``@hydra.main``)."""
     from rich.console import Console
 
     from archselect.report import terminal
@@ -98,6 +98,10 @@ def _main(cfg: DictConfig) -> None:
         first = (str(exc).strip().splitlines() or [""])[0]
         fail(f"unexpected {type(exc).__name__}: {first} (run again with HYDRA_FULL_ERROR=1 "
              "for the traceback)", code=1)
+
+
+#: Hydra's entry: flags (``--cfg``, ``--info``), sweeps (``-m``) and ``hydra.*`` keys
+_main = hydra.main(version_base="1.3", config_path="conf", config_name="config")(_run)
 
 
 #: the stack ``--version`` names beside archselect's own version
@@ -178,10 +182,16 @@ def main() -> None:
         return
     # Passwords in URLs go to environment variables before Hydra records the command line.
     sys.argv[1:] = hide_secrets(sys.argv[1:])
-    problem = precheck(sys.argv[1:])
+    cfg, problem = checked(sys.argv[1:])
     if problem:
         fail(problem)
-    _main()
+    if cfg is not None:
+        # Overrides only: the config just checked is what Hydra would compose again (twice:
+        # once for its run mode, once for the run), with nothing else to do (no output folder,
+        # no logging set-up: conf/config.yaml's hydra node).
+        _run(cfg)
+    else:
+        _main()
     if _failed_jobs:  # a sweep runs every job, then says which failed
         print(f"archselect: error: {len(_failed_jobs)} multirun job(s) failed: "
               f"{', '.join(_failed_jobs)}", file=sys.stderr)

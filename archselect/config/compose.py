@@ -194,22 +194,29 @@ def precheck(argv: list[str]) -> str | None:
 
     Set HYDRA_FULL_ERROR=1 to see the composition's traceback instead.
     """
+    return checked(argv)[1]
+
+
+def checked(argv: list[str]) -> tuple[Any, str | None]:
+    """``precheck``, and the config it composed: the run's own where ``argv`` holds overrides
+    only (no Hydra flag, ``-m`` or ``hydra.*`` key: those go through ``@hydra.main``), else
+    None."""
     import os
 
     from archselect.config.validate import check_before_imports, check_row, check_runs_dir
 
     overrides = user_overrides(argv)
     if overrides is None:
-        return None
+        return None, None
     try:
         cfg = compose_config(overrides)
         check_runs_dir(str(cfg.runs_dir))  # before Hydra creates it
         check_row(str(cfg.task.name), cfg.selector.table)
         check_before_imports(cfg)
     except ConfigError as exc:
-        return str(exc)
+        return None, str(exc)
     except Exception as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        return _unavailable_task(overrides) or describe_compose_error(exc, overrides)
-    return None
+        return None, _unavailable_task(overrides) or describe_compose_error(exc, overrides)
+    return (cfg if overrides == list(argv) else None), None
