@@ -97,3 +97,24 @@ def test_numeric_labels_keep_their_spelling_and_sort_as_numbers(tmp_path: Path) 
     spec = dm(tmp_path).prepare()
     assert spec.class_names == ["2", "05", "10"]
     assert spec.profile["samples"] == 61
+
+
+def test_fasttext_character_ngrams_summed_per_word_equal_scikit_learns() -> None:
+    # The encoder hashes each distinct word's char_wb n-grams once and sums them per text: the
+    # counts must be exactly those of HashingVectorizer(analyzer="char_wb") on the whole texts.
+    import random
+
+    from archselect.data.text import NgramEncoder
+
+    rng = random.Random(0)
+    words = ["Film", "PLOT", "naïve", "été", "İstanbul", "x", "a\tb", "c\nd", "great!", "it's"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 25))) for _ in range(300)]
+    texts += ["", "   ", "\u00a0x\u2003y"]
+    encoder = NgramEncoder.from_option(NgramEncoder.option(buckets=4096, min_n=2, max_n=5,
+                                                           word_ngrams=2))
+    rows = encoder.fit_encode(texts)
+    ours, theirs = encoder._char_counts(texts).tocsr(), encoder.chars.transform(texts)
+    assert ours.shape == theirs.shape and (ours != theirs).nnz == 0
+    again = encoder.encode(texts)  # encoding the training texts later gives the same rows
+    assert all((a[0] == b[0]).all() and (a[1] == b[1]).all()
+               for a, b in zip(rows, again, strict=True))

@@ -590,7 +590,7 @@ class NgramEncoder:
             self.words, words = None, None
         self.chars = HashingVectorizer(analyzer="char_wb", ngram_range=(self.min_n, self.max_n),
                                        n_features=self.buckets, alternate_sign=False, norm=None)
-        counts = self._stacked(len(texts), words, self.chars.transform(texts))
+        counts = self._stacked(len(texts), words, self._char_counts(texts))
         df = np.bincount(counts.indices, minlength=self.vocab_size)
         self.idf = (np.log((1.0 + len(texts)) / (1.0 + df)) + 1.0).astype(np.float32)
         return self._rows(counts)
@@ -619,7 +619,26 @@ class NgramEncoder:
     def encode(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each text's distinct ids (int64) and their weights (float32)."""
         words = None if self.words is None else self.words.transform(texts)
-        return self._rows(self._stacked(len(texts), words, self.chars.transform(texts)))
+        return self._rows(self._stacked(len(texts), words, self._char_counts(texts)))
+
+    def _char_counts(self, texts: list[str]) -> Any:
+        """``self.chars.transform(texts)``, hashing each distinct word once: a text's character
+        n-grams within word boundaries are those of its words (lower-cased, split at white
+        space, as ``char_wb`` reads them), so its counts are the sum of its words' rows
+        (texts x words counts, times words x buckets)."""
+        import scipy.sparse as sp
+
+        vocab: dict[str, int] = {}
+        index: list[int] = []
+        indptr = [0]
+        for text in texts:
+            index.extend(vocab.setdefault(w, len(vocab)) for w in text.lower().split())
+            indptr.append(len(index))
+        words = sp.csr_matrix((np.ones(len(index)), index, indptr),
+                              shape=(len(texts), len(vocab)))
+        if not vocab:
+            return sp.csr_matrix((len(texts), self.buckets), dtype=np.float64)
+        return words @ self.chars.transform(list(vocab))
 
     def _rows(self, counts: Any) -> list[tuple[np.ndarray, np.ndarray]]:
         out = []
