@@ -12,14 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import ONE_WORKER, archselect, compose_cfg, one_error_line
+from helpers import NETWORKS_ONLY, ONE_WORKER, archselect, compose_cfg, one_error_line
 
 from archselect.config.compose import precheck
 from archselect.config.errors import ArchselectError
 from archselect.run import run
 
 SECRET = "s3cret-pw"
-IRIS = ["task=tabular_classification", "data=iris", ONE_WORKER, "search.n_trials=1", "search.max_epochs=1"]
+IRIS = ["task=tabular_classification", "data=iris", ONE_WORKER, NETWORKS_ONLY, "search.n_trials=1",
+        "search.max_epochs=1"]
 
 
 def _csv(text: str | bytes) -> Callable[[Path], list[str]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 import pytest
-from helpers import NO_PRUNING, ONE_WORKER, archselect, compose_cfg
+from helpers import NETWORKS_ONLY, NO_PRUNING, ONE_WORKER, archselect, compose_cfg
 from mlflow.tracking import MlflowClient
 
 from archselect.config.errors import ArchselectError, ConfigError
@@ -24,7 +24,7 @@ from archselect.finish import Finished, _worse_than_baseline
 from archselect.run import run
 from archselect.secrets import hide_secrets, mask_secrets, scrub
 
-IRIS = ["task=tabular_classification", "data=iris", ONE_WORKER, "trainer.progress_bar=false",
+IRIS = ["task=tabular_classification", "data=iris", ONE_WORKER, NETWORKS_ONLY, "trainer.progress_bar=false",
         "selector.candidates=[perceptron,mlp]", "search.max_epochs=3",
         # one fit per trial (the commands these tests start do not get helpers.CHEAP)
         "selector.rules.cross_validation.max_samples=0"]

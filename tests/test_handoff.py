@@ -13,7 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import ONE_WORKER, config_datamodule
+from helpers import NETWORKS_ONLY, ONE_WORKER, config_datamodule
 from mlflow.tracking import MlflowClient
 
 from archselect.run import run
@@ -21,7 +21,7 @@ from archselect.run import run
 pytestmark = pytest.mark.study  # every test here trains a real study
 
 MODEL = "archselect-tabular_classification"
-IRIS = ["task=tabular_classification", "data=iris", ONE_WORKER, "search.n_trials=1"]
+IRIS = ["task=tabular_classification", "data=iris", ONE_WORKER, NETWORKS_ONLY, "search.n_trials=1"]
 # One perceptron epoch at a tiny learning rate stays near chance; an MLP trained longer does not.
 WEAK = [*IRIS, "selector.candidates=[perceptron]", "search.max_epochs=1",
         "arch.perceptron.optim.lr=1e-6", "arch.perceptron.space.lr.low=1e-7"]

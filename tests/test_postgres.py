@@ -18,11 +18,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import ONE_WORKER, STEADY_TRIALS, compose_cfg
+from helpers import NETWORKS_ONLY, ONE_WORKER, STEADY_TRIALS, compose_cfg
 
 from archselect.run import run
 
-IRIS = ["task=tabular_classification", "data=iris", ONE_WORKER, "trainer.progress_bar=false",
+IRIS = ["task=tabular_classification", "data=iris", ONE_WORKER, NETWORKS_ONLY, "trainer.progress_bar=false",
         "search.max_epochs=60", "search.patience=60",
         "selector.rules.cross_validation.max_samples=0"]
 

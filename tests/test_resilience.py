@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
-from helpers import ONE_WORKER, STEADY_TRIALS, compose_cfg
+from helpers import NETWORKS_ONLY, ONE_WORKER, STEADY_TRIALS, compose_cfg
 from mlflow.tracking import MlflowClient
 
 from archselect.config.errors import ArchselectError
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.study  # every test here trains a real study
 
 # The perceptron baseline finishes in 3 epochs; the MLP runs until search.trial_timeout (or a
 # signal) stops it: trials whose length the test decides, on real data.
-IRIS = ["task=tabular_classification", "data=iris", ONE_WORKER, "trainer.progress_bar=false",
+IRIS = ["task=tabular_classification", "data=iris", ONE_WORKER, NETWORKS_ONLY, "trainer.progress_bar=false",
         "selector.candidates=[perceptron,mlp]", "+selector.rules.no_gpu.max_epochs.perceptron=3",
         # one fit per trial (the commands these tests start do not get helpers.CHEAP)
         "selector.rules.cross_validation.max_samples=0"]
