@@ -1,8 +1,9 @@
-"""The ``archselect`` command: a thin ``@hydra.main`` around ``run(cfg)``.
+"""The ``archselect`` command: ``run(cfg)`` on the composed config, through ``@hydra.main`` where
+Hydra has work to do (its flags, ``-m`` sweeps, ``hydra.*`` keys).
 
-The overrides are checked first (``config.compose.precheck``), before Hydra starts and before the
-heavy imports of a run. Errors a user can fix print as one line and exit 2; set
-HYDRA_FULL_ERROR=1 for tracebacks.
+The overrides are checked first (``config.compose.checked``), before Hydra starts and before the
+heavy imports of a run; a command of overrides only runs on the config that check composed.
+Errors a user can fix print as one line and exit 2; set HYDRA_FULL_ERROR=1 for tracebacks.
 """
 
 from __future__ import annotations

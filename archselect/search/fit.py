@@ -317,7 +317,8 @@ def fit(config: Configuration, *, dm: BaseDataModule, view: View | None,
     try:
         n_batches = max(len(dm.train_dataloader()), 1)
         if (dm.blocks and getattr(module, "trains_blocks", False) and accumulate == 1
-                and n_devices == 1 and n_batches > 1):
+                and n_devices == 1 and n_batches > 1
+                and settings.limit_train_batches in (None, 1.0)):  # a limit counts batches
             # a table's or a series' batches, BLOCK at a time per Lightning step
             blocked: Any = module
             blocked.train_in_blocks(n_batches, settings.gradient_clip_val)
