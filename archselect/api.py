@@ -79,16 +79,16 @@ def _value(v: Any) -> str:
 
 def _compose(task: str, data: Any, target: str | None, overrides: list[str] | None,
              runs_dir: str | Path, keys: dict[str, Any]) -> Any:
-    from archselect.config.compose import compose_config, precheck
+    from archselect.config.compose import checked, compose_config
     from archselect.secrets import hide_secrets
 
     root = Path(runs_dir).expanduser().resolve()
     args = hide_secrets([f"task={task}", f"runs_dir={root}",
                          *_data_overrides(task, data, target, root, keys), *(overrides or [])])
-    problem = precheck(args)
+    cfg, problem = checked(args)
     if problem:
         raise ArchselectError(problem)
-    return compose_config(args)
+    return cfg if cfg is not None else compose_config(args)
 
 
 @dataclass
