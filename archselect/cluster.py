@@ -249,6 +249,8 @@ def down(folder: Path, purge: bool = False) -> bool:
     folder = folder.expanduser().resolve()
     cluster = Cluster.load(folder)
     if cluster is None:
+        if purge:  # stopped before: the folder goes all the same
+            shutil.rmtree(folder, ignore_errors=True)
         return False
     if cluster.mlflow_pid:
         _kill_group(cluster.mlflow_pid)

@@ -60,6 +60,8 @@ def cluster() -> Iterator[Cluster]:
     folder = Path(tempfile.mkdtemp(prefix="archselect-cluster-"))
     started = subprocess.run([*CLUSTER, "up", "--dir", str(folder), "--json"],
                              capture_output=True, text=True, timeout=180)
+    # PostgreSQL's data: a folder of its own in /tmp where the postgres user cannot reach ours
+    made = Cluster.load(folder)
     try:
         if started.returncode == 2 and "PostgreSQL is not installed" in started.stderr:
             _missing(started.stderr.strip())
@@ -79,6 +81,8 @@ def cluster() -> Iterator[Cluster]:
         gone = subprocess.run([*CLUSTER, "status", "--dir", str(folder)], capture_output=True,
                               text=True, timeout=60)
         down(folder, purge=True)  # the folder (and anything a failed stop left)
+        if made is not None and made.pg_dir:
+            shutil.rmtree(made.pg_dir, ignore_errors=True)
     assert stopped.stdout.strip() == "stopped"
     assert gone.returncode == 1 and "no cluster is running" in gone.stdout
 
