@@ -125,9 +125,9 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
                                                    f"{m.weight:.2f})" for m in members))
     # The reference is registered when it beats the chosen trials on validation: they are then
     # tested as searched (beside it, for the comparison), not trained again.
-    serve_reference = (reference is not None and register_references
-                       and _better(reference.val_value, val_value, task.direction))
-    if selection.refit and not serve_reference:
+    served_reference = (reference if reference is not None and register_references
+                        and _better(reference.val_value, val_value, task.direction) else None)
+    if selection.refit and served_reference is None:
         for m in members:
             m.checkpoint, m.refitted = _refit(m.record, selection, dm, hw, family_cls, settings,
                                               console)
@@ -166,13 +166,11 @@ def finish(outcome: StudyOutcome, *, selection: Selection, dm: BaseDataModule,
     done.baseline_metrics = family_cls.evaluate(trivial, targets, spec)
     metric = family_cls.test_metric or task.monitor.removeprefix("val_")
     metric_direction = family_cls.test_direction or task.direction
-    served_reference = None
     if reference is not None:
         done.comparison = _compare(done.test_metrics, reference, metric, metric_direction,
                                    who=(f"the networks' best, {done.model_name},"
-                                        if serve_reference else "the final model"))
-        if serve_reference:
-            served_reference = reference
+                                        if served_reference is not None else "the final model"))
+        if served_reference is not None:
             console.print(f"Registered: the reference {reference.name} ({task.monitor} "
                           f"{reference.val_value:.4f} on validation) beats {done.model_name} "
                           f"({val_value:.4f}); selector.register_references=true registers it",

@@ -323,7 +323,7 @@ def fit(config: Configuration, *, dm: BaseDataModule, view: View | None,
             blocked: Any = module
             blocked.train_in_blocks(n_batches, settings.gradient_clip_val)
             dm.block = BLOCK
-            n_batches = len(dm.train_dataloader())
+            n_batches = -(-n_batches // BLOCK)  # Lightning's steps: the blocks
         trainer = pl.Trainer(
             max_epochs=epochs or config.max_epochs, accelerator=hw.accelerator,
             max_time=None if max_time is None else timedelta(seconds=max(max_time, 1.0)),
